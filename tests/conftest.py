@@ -35,3 +35,12 @@ def start_service(
     return running_emulators(
         only=[name], time_scale=time_scale, config_path=str(config_path) if config_path else None
     )
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for the whole session (≈10 s to start): only for tests that need it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,238 @@
+"""Miniviz client: data events, image events (Pro plan) and image retrieval (apis.md §1).
+
+Every documented constraint is checked before sending, and both documented rate limits are paced in
+process (data: one event per interval per project; images: one per 60 s per label_key), so a caller
+that shares one client never sees a 429.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from typing import Any, Literal
+
+import httpx
+import orjson
+from pydantic import BaseModel, ConfigDict
+
+from .errors import InputError
+from .timing import SYSTEM_CLOCK, Clock, KeyedPacer, Pacer
+from .transport import HttpService, HttpSettings
+
+DEFAULT_BASE_URL = "https://api.miniviz.net"
+DATA_PATH = "/api/project/{project_id}"
+IMAGE_PATH = "/api/project/{project_id}/image"
+IMAGE_GET_PATH = "/api/project/{project_id}/image/{event_id}"
+
+Plan = Literal["free", "pro"]
+DATA_INTERVAL_S: dict[str, float] = {"free": 60.0, "pro": 15.0}
+IMAGE_INTERVAL_S = 60.0
+MAX_LABEL_KEY = 128
+LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9\-_.:@/]+$")
+MAX_PAYLOAD_KEYS = 8
+MAX_PAYLOAD_BYTES = 400
+MAX_IMAGE_BYTES = 204_800
+MAX_IMAGE_NAME = 255
+MIN_TIMESTAMP_MS = 10**12
+
+PayloadValue = str | int | float
+
+
+class EventAck(BaseModel):
+    """What Miniviz answers for an accepted event (only ``id`` is evidenced by the vendor sample)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+
+
+class StoredImage(BaseModel):
+    content: bytes
+    content_type: str
+
+
+# --- validation: the documented rules, with messages that name field, problem and limit ----------------
+
+
+def check_label_key(label_key: Any) -> str:
+    if not isinstance(label_key, str) or not label_key:
+        raise InputError("label_key", "must be a non-empty string")
+    if len(label_key) > MAX_LABEL_KEY:
+        raise InputError("label_key", f"is {len(label_key)} characters long", f"at most {MAX_LABEL_KEY}")
+    if not LABEL_KEY_RE.match(label_key):
+        bad = sorted({c for c in label_key if not LABEL_KEY_RE.match(c)})
+        raise InputError("label_key", f"contains {''.join(bad)!r}", "allowed: A-Z a-z 0-9 - _ . : @ /")
+    return label_key
+
+
+def check_timestamp_ms(timestamp_ms: Any) -> int:
+    if isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int):
+        raise InputError(
+            "timestamp", f"must be an integer, got {type(timestamp_ms).__name__}", "UNIX time in ms"
+        )
+    if timestamp_ms < MIN_TIMESTAMP_MS:
+        raise InputError(
+            "timestamp", f"{timestamp_ms} looks like seconds, not milliseconds", "UNIX time in ms"
+        )
+    return timestamp_ms
+
+
+def payload_bytes(payload: dict[str, Any]) -> int:
+    """Size the 400-byte limit applies to: the payload as compact UTF-8 JSON."""
+    return len(orjson.dumps(payload))
+
+
+def check_payload(payload: Any) -> dict[str, PayloadValue]:
+    if not isinstance(payload, dict):
+        raise InputError("payload", f"must be a flat object, got {type(payload).__name__}")
+    if len(payload) > MAX_PAYLOAD_KEYS:
+        raise InputError("payload", f"has {len(payload)} keys", f"at most {MAX_PAYLOAD_KEYS}")
+    for key, value in payload.items():
+        if not isinstance(key, str):
+            raise InputError(f"payload.{key}", "key must be a string")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            kind = "null" if value is None else type(value).__name__
+            raise InputError(
+                f"payload.{key}", f"{kind} value not allowed", "string or number only; send booleans as 1/0"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"payload.{key}", f"{value} is not a finite number")
+    size = payload_bytes(payload)
+    if size > MAX_PAYLOAD_BYTES:
+        raise InputError("payload", f"is {size} bytes as JSON", f"at most {MAX_PAYLOAD_BYTES}")
+    return payload
+
+
+def image_content_type(data: bytes) -> str:
+    """JPEG or PNG, judged by content (magic bytes), never by file name."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    raise InputError("image", "is neither JPEG nor PNG", "JPEG and PNG only")
+
+
+def check_image(data: bytes, image_name: str) -> str:
+    if not isinstance(image_name, str) or not image_name:
+        raise InputError("image_name", "must be a non-empty string")
+    if len(image_name) > MAX_IMAGE_NAME:
+        raise InputError("image_name", f"is {len(image_name)} characters long", f"at most {MAX_IMAGE_NAME}")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InputError("image", f"is {len(data):,} bytes", f"at most {MAX_IMAGE_BYTES:,} bytes decoded")
+    return image_content_type(data)
+
+
+class _QueryTokenTransport(httpx.AsyncBaseTransport):
+    """Legacy auth: adds ``?token=`` below httpx, so httpx's own log lines never show the token."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, token: str) -> None:
+        self.inner = inner
+        self.token = token
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        request.url = request.url.copy_merge_params({"token": self.token})
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class MinivizClient(HttpService):
+    """Async client of one Miniviz project.
+
+    ``data_interval`` defaults to the plan's documented interval (Free 60 s, Pro 15 s); 0 disables pacing
+    (a self-hosted endpoint or the emulator with limits off). ``auth_mode="query"`` uses the legacy
+    ``?token=`` parameter; the default sends ``Authorization: Bearer``.
+    """
+
+    service = "miniviz"
+
+    def __init__(
+        self,
+        project_id: str,
+        token: str,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        plan: Plan = "pro",
+        data_interval: float | None = None,
+        image_interval: float = IMAGE_INTERVAL_S,
+        auth_mode: Literal["header", "query"] = "header",
+        settings: HttpSettings | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        super().__init__(base_url, settings=settings, clock=clock, secrets=(token,))
+        if plan not in DATA_INTERVAL_S:
+            raise InputError("plan", f"unknown plan {plan!r}", "free or pro")
+        self.project_id = project_id
+        self.plan = plan
+        self._token = token
+        self.auth_mode = auth_mode
+        self.data_pacer = Pacer(DATA_INTERVAL_S[plan] if data_interval is None else data_interval, clock)
+        self.image_pacers = KeyedPacer(image_interval, clock)
+
+    def _wrap_transport(self, transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+        return _QueryTokenTransport(transport, self._token) if self.auth_mode == "query" else transport
+
+    async def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}"} if self.auth_mode == "header" else {}
+
+    def _error_detail(self, response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            return response.text[:500]
+        return body.get("detail", body) if isinstance(body, dict) else body
+
+    def _now_ms(self) -> int:
+        return int(self.clock.time() * 1000)
+
+    async def send_data(
+        self, label_key: str, payload: dict[str, PayloadValue], timestamp_ms: int | None = None
+    ) -> EventAck:
+        """Send one data event; waits for the project's pacing slot first."""
+        body = {
+            "timestamp": check_timestamp_ms(self._now_ms() if timestamp_ms is None else timestamp_ms),
+            "label_key": check_label_key(label_key),
+            "payload": check_payload(payload),
+        }
+        response = await self._request(
+            "POST",
+            DATA_PATH.format(project_id=self.project_id),
+            "send_data",
+            json=body,
+            pacer=self.data_pacer,
+        )
+        return EventAck.model_validate(response.json())
+
+    def image_wait_time(self, label_key: str) -> float:
+        """Seconds before an image for ``label_key`` may be sent (0 = now): lets callers defer instead of wait."""
+        return self.image_pacers(label_key).wait_time()
+
+    async def send_image(
+        self, label_key: str, image: bytes, image_name: str, timestamp_ms: int | None = None
+    ) -> EventAck:
+        """Send one image event (Pro plan); waits for the label's pacing slot first."""
+        if self.plan != "pro":
+            raise InputError("plan", "the image API is available on the Pro plan only", "Miniviz answers 403")
+        check_image(image, image_name)
+        body = {
+            "timestamp": check_timestamp_ms(self._now_ms() if timestamp_ms is None else timestamp_ms),
+            "label_key": check_label_key(label_key),
+            "image_name": image_name,
+            "image_base64": base64.b64encode(image).decode("ascii"),
+        }
+        response = await self._request(
+            "POST",
+            IMAGE_PATH.format(project_id=self.project_id),
+            "send_image",
+            json=body,
+            pacer=self.image_pacers(label_key),
+        )
+        return EventAck.model_validate(response.json())
+
+    async def get_image(self, event_id: str) -> StoredImage:
+        """Fetch the stored image of an image event."""
+        response = await self._request(
+            "GET", IMAGE_GET_PATH.format(project_id=self.project_id, event_id=event_id), "get_image"
+        )
+        return StoredImage(content=response.content, content_type=response.headers.get("content-type", ""))

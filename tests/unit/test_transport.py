@@ -1,0 +1,176 @@
+"""Retry, pacing and redaction rules shared by every client, on a fake clock and a mock transport."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+import pytest
+
+from clients.errors import ApiError, AuthError, NotFoundError, OutcomeUnknownError, RateLimitedError
+from clients.redaction import redact, register_secret
+from clients.timing import FakeClock, KeyedPacer, Pacer
+from clients.transport import HttpService, HttpSettings, RetryPolicy, parse_retry_after
+
+
+class Scripted:
+    """A mock transport answering from a script: each item is a status, (status, headers) or an exception."""
+
+    def __init__(self, *script):
+        self.script = list(script)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        item = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if isinstance(item, Exception):
+            raise item
+        status, headers = item if isinstance(item, tuple) else (item, {})
+        return httpx.Response(status, headers=headers, json={"detail": f"status {status}"})
+
+
+def service(script: Scripted, clock=None, **policy) -> HttpService:
+    settings = HttpSettings(transport=httpx.MockTransport(script), retry=RetryPolicy(**policy))
+    return HttpService("http://svc.test", settings=settings, clock=clock or FakeClock(), seed=1)
+
+
+async def test_retries_503_with_backoff_then_succeeds():
+    clock = FakeClock()
+    script = Scripted(503, 502, 504, 200)
+    r = await service(script, clock)._request("POST", "/x", "op", idempotent=False)
+    assert r.status_code == 200 and len(script.requests) == 4
+    assert len(clock.sleeps) == 3
+    assert (
+        clock.sleeps[0] <= 0.5 and clock.sleeps[1] <= 1.0 and clock.sleeps[2] <= 2.0
+    )  # exponential, jittered
+    assert all(s >= d * 0.5 for s, d in zip(clock.sleeps, (0.5, 1.0, 2.0), strict=True))
+
+
+async def test_honours_retry_after_on_429():
+    clock = FakeClock()
+    script = Scripted((429, {"Retry-After": "7"}), 200)
+    await service(script, clock)._request("GET", "/x", "op")
+    assert clock.sleeps == [7.0]
+
+
+@pytest.mark.parametrize(
+    "status,error",
+    [(400, ApiError), (404, NotFoundError), (401, AuthError), (403, AuthError), (409, ApiError)],
+)
+async def test_other_4xx_are_not_retried(status, error):
+    script = Scripted(status, 200)
+    with pytest.raises(error) as exc:
+        await service(script)._request("GET", "/x", "get_thing")
+    assert len(script.requests) == 1
+    assert exc.value.status == status and f"HTTP {status}" in str(exc.value) and "get_thing" in str(exc.value)
+
+
+async def test_gives_up_after_max_attempts():
+    script = Scripted(503)
+    with pytest.raises(ApiError, match=r"after 3 attempts") as exc:
+        await service(script, max_attempts=3)._request("GET", "/x", "op")
+    assert exc.value.retryable and len(script.requests) == 3
+
+
+async def test_gives_up_when_the_time_budget_would_be_exceeded():
+    script = Scripted((429, {"Retry-After": "100"}), 200)
+    with pytest.raises(RateLimitedError) as exc:
+        await service(script, max_elapsed=30)._request("GET", "/x", "op")
+    assert exc.value.retry_after == 100 and len(script.requests) == 1
+
+
+async def test_connect_errors_are_retried_even_for_non_idempotent_calls():
+    script = Scripted(httpx.ConnectError("refused"), 201)
+    r = await service(script)._request("POST", "/x", "create", idempotent=False)
+    assert r.status_code == 201 and len(script.requests) == 2
+
+
+async def test_broken_connection_after_sending_a_post_is_not_retried():
+    script = Scripted(httpx.RemoteProtocolError("Server disconnected"), 200)
+    with pytest.raises(OutcomeUnknownError, match="may or may not have taken effect"):
+        await service(script)._request("POST", "/x", "create", idempotent=False)
+    assert len(script.requests) == 1
+
+
+async def test_broken_connection_on_an_idempotent_call_is_retried():
+    script = Scripted(httpx.ReadError("reset"), 200)
+    r = await service(script)._request("POST", "/status", "status", idempotent=True)
+    assert r.status_code == 200 and len(script.requests) == 2
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [("3", 3.0), ("0.250", 0.25), ("Wed, 21 Oct 2015 07:28:10 GMT", 10.0), ("soon", None), (None, None)],
+)
+def test_parse_retry_after(value, expected):
+    from email.utils import parsedate_to_datetime
+
+    now = parsedate_to_datetime("Wed, 21 Oct 2015 07:28:00 GMT").timestamp()
+    assert parse_retry_after(value, now) == expected
+
+
+async def test_pacer_spaces_calls_from_the_end_of_the_previous_one():
+    clock = FakeClock(start=0)
+    pacer = Pacer(15, clock)
+    starts = []
+    for _ in range(3):
+        async with pacer.slot():
+            starts.append(clock.monotonic())
+            await clock.sleep(1)  # the call itself takes 1 s
+    assert starts == [0, 16, 32]
+
+
+async def test_pacer_with_zero_interval_lets_calls_overlap():
+    pacer = Pacer(0)
+    inside = 0
+    peak = 0
+
+    async def call():
+        nonlocal inside, peak
+        async with pacer.slot():
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.01)
+            inside -= 1
+
+    await asyncio.gather(*(call() for _ in range(5)))
+    assert peak == 5
+
+
+async def test_keyed_pacer_is_independent_per_key():
+    clock = FakeClock(start=0)
+    pacers = KeyedPacer(60, clock)
+    async with pacers("a").slot():
+        pass
+    assert pacers("a").wait_time() == 60 and pacers("b").wait_time() == 0
+
+
+async def test_429_pushes_back_the_pacer_for_every_caller():
+    clock = FakeClock(start=0)
+    script = Scripted((429, {"Retry-After": "5"}), 200)
+    pacer = Pacer(1, clock)
+    await service(script, clock)._request("POST", "/x", "op", pacer=pacer)
+    assert len(script.requests) == 2
+    assert clock.monotonic() >= 5
+
+
+async def test_secrets_are_redacted_from_errors_and_log_records(caplog):
+    register_secret("sk-very-secret-value")
+    assert redact("token=sk-very-secret-value;") == "token=***;"
+
+    def answer(request):
+        return httpx.Response(400, json={"detail": "bad token sk-very-secret-value"})
+
+    svc = HttpService(
+        "http://svc.test",
+        settings=HttpSettings(transport=httpx.MockTransport(answer)),
+        secrets=("sk-very-secret-value",),
+    )
+    with pytest.raises(ApiError) as exc:
+        await svc._request("GET", "/x", "op")
+    assert "sk-very-secret-value" not in str(exc.value) and "***" in str(exc.value)
+    with caplog.at_level(logging.DEBUG, logger="httpx"):
+        logging.getLogger("httpx").info("GET http://svc.test/?token=sk-very-secret-value")
+    assert "sk-very-secret-value" not in caplog.text and "token=***" in caplog.text
+    assert "sk-very" not in repr(svc)
