@@ -85,6 +85,137 @@ def s3(emu: RunningEmulators) -> Iterator[str]:
     yield f"presigned GET: {r.status_code}, {len(r.content):,} bytes"
 
 
+def viziosense(emu: RunningEmulators) -> Iterator[str]:
+    """Login, list devices, request a new image and fetch it once the documented 20 s have passed."""
+    svc = emu["viziosense"]
+    c = svc.credentials
+    login = httpx.post(f"{svc.url}/api/v1/auth/login", json={"email": c["email"], "password": c["password"]})
+    login.raise_for_status()
+    token = login.json()["data"]["access_token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    listed = httpx.get(
+        f"{svc.url}/api/v1/devices", params={"is_online": "Online", "sort": "name"}, headers=auth
+    ).json()
+    yield f"logged in as {login.json()['data']['user']['email']}; {listed['meta']['total']} online device(s)"
+    device = listed["data"][0]
+    links = httpx.post(f"{svc.url}/api/v1/devices/{device['uuid']}/image", headers=auth).json()["data"]
+    early = httpx.get(links[0]).status_code
+    waited = wait_until(lambda: httpx.get(links[0]).status_code == 200, timeout=60, every=0.1)
+    raw, annotated = httpx.get(links[0]), httpx.get(links[1])
+    yield (
+        f"image requested from {device['name']!r}: {early} at once, ready after {waited:.1f} s "
+        f"(20 s emulated); raw {len(raw.content):,} bytes, annotated {len(annotated.content):,} bytes"
+    )
+
+
+def micrio(emu: RunningEmulators) -> Iterator[str]:
+    """images/add with sources in S3 (presigned URLs), then image/status until every image is final."""
+    import boto3
+
+    s3c = emu["s3"].credentials
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=emu["s3"].url,
+        aws_access_key_id=s3c["aws_access_key_id"],
+        aws_secret_access_key=s3c["aws_secret_access_key"],
+        region_name=s3c["region_name"],
+    )
+    sources = []
+    for i in range(3):
+        s3.put_object(
+            Bucket=s3c["bucket"],
+            Key=f"micrio-demo/photo-{i}.jpg",
+            Body=sample_jpeg(f"photo {i}", (1600, 1200)),
+        )
+        sources.append(
+            {
+                "sourceUrl": s3.generate_presigned_url(
+                    "get_object",
+                    Params={"Bucket": s3c["bucket"], "Key": f"micrio-demo/photo-{i}.jpg"},
+                    ExpiresIn=3600,
+                )
+            }
+        )
+    s3.put_object(Bucket=s3c["bucket"], Key="micrio-demo/notes.txt", Body=b"not an image")
+    sources.append(
+        {
+            "name": "notes",
+            "sourceUrl": s3.generate_presigned_url(
+                "get_object", Params={"Bucket": s3c["bucket"], "Key": "micrio-demo/notes.txt"}, ExpiresIn=3600
+            ),
+        }
+    )
+    svc = emu["micrio"]
+    c = svc.credentials
+    auth = {"organisationId": c["organisation_id"], "apiKey": c["api_key"]}
+    added = httpx.post(
+        f"{svc.url}/v2/images/add", json={**auth, "folderId": c["root_folder_id"], "images": sources}
+    )
+    added.raise_for_status()
+    ids = [img["id"] for img in added.json()["result"]["images"]]
+    yield f"added {len(ids)} images to folder {c['root_folder_id']}: {', '.join(ids)}"
+    statuses: list[dict] = []
+
+    def all_final() -> bool:
+        nonlocal statuses
+        r = httpx.post(f"{svc.url}/v2/image/status", json={**auth, "imageIds": ids})
+        statuses = r.json()["result"]["images"]
+        return all(s["status"] in ("ready", "error") for s in statuses)
+
+    waited = wait_until(all_final, timeout=60, every=0.1)
+    for s in statuses:
+        detail = f"{s.get('width')}x{s.get('height')}" if s["status"] == "ready" else s.get("error")
+        yield f"{s['id']} {s['name']}: {s['status']} ({detail})"
+    folder = httpx.post(f"{svc.url}/v2/folder/status", json={**auth, "folderId": c["root_folder_id"]}).json()[
+        "result"
+    ]
+    yield f"folder/status after {waited:.1f} s: {folder['numComplete']}/{folder['numTotal']} complete, {len(folder['erroredIds'])} errored"
+
+
+def haut(emu: RunningEmulators) -> Iterator[str]:
+    """Private token; dataset, subject, signed upload URL, the documented curl-style PUT, compute, results."""
+    svc = emu["haut"]
+    c = svc.credentials
+    auth = {"Authorization": f"Bearer {c['private_token']}"}
+    company = f"{svc.url}/api/v1/companies/{c['company_id']}"
+    dataset = httpx.post(
+        f"{company}/datasets/", json={"name": "demo study", "image_type_id": 1}, headers=auth
+    ).json()
+    httpx.post(
+        f"{company}/applications/face_skin_metrics_2.0/attach-to-dataset/",
+        json={"dataset_id": dataset["id"]},
+        headers=auth,
+    ).raise_for_status()
+    subject = httpx.post(
+        f"{company}/datasets/{dataset['id']}/subjects/", json={"name": "demo subject"}, headers=auth
+    ).json()
+    record = httpx.post(
+        f"{company}/subjects/{subject['id']}/signed_upload_url/", json={}, headers=auth
+    ).json()
+    upload = record["upload_url"]
+    put = httpx.request(
+        upload["method"], upload["url"], headers=upload["headers"], content=sample_jpeg("selfie", (768, 1024))
+    )
+    yield f"dataset {dataset['name']!r}, subject {subject['name']!r}: signed upload PUT -> {put.status_code}"
+    batch = record["image_batch_id"]
+    httpx.post(f"{company}/batches/{batch}/compute/", headers=auth).raise_for_status()
+    results_url = (
+        f"{company}/datasets/{dataset['id']}/subjects/{subject['id']}/batches/{batch}"
+        f"/images/{record['id']}/results/"
+    )
+    results: list = []
+
+    def ready() -> bool:
+        nonlocal results
+        results = httpx.get(results_url, headers=auth).json()
+        return bool(results)
+
+    waited = wait_until(ready, timeout=60, every=0.1)
+    metrics = [r["result"]["area_results"][0]["main_metric"] for r in results if r.get("is_ok")]
+    shown = ", ".join(f"{m['tech_name']}={m['value']}" for m in metrics[:4])
+    yield f"results after {waited:.1f} s: {len(results)} algorithms ({shown}, ...)"
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, every: float = 0.05) -> float:
     start = time.perf_counter()
     while not predicate():
@@ -96,5 +227,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float, every: float = 0.0
 
 EXAMPLES: dict[str, Callable[[RunningEmulators], Iterator[str]]] = {
     "Miniviz": miniviz,
+    "VizioSense": viziosense,
+    "Micrio": micrio,
+    "Haut.ai": haut,
     "S3 (moto)": s3,
 }
