@@ -1,0 +1,184 @@
+"""Prefect tasks for Micrio: one per API call, plus two coarse batch tasks for large migrations.
+
+Each task accepts a ``MicrioCredentials`` block or the name of a saved one. The batch tasks keep task runs
+proportional to batches, not images: ``add_micrio_batch`` is one ``images/add`` call per batch and
+``poll_micrio_images`` polls any number of ids (in ≤ 100-id calls) in one task run. Keeping a journal and
+deciding what to add again is the flow's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from prefect import task
+from pydantic import BaseModel
+
+from blocks.micrio import MicrioCredentials
+from clients.errors import ApiError, InputError, OutcomeUnknownError
+from clients.micrio import (
+    MAX_STATUS_IDS,
+    AddedImage,
+    CreatedFolder,
+    FolderStatus,
+    FolderType,
+    ImageSource,
+    ImageStatusReport,
+    check_folder_id,
+    check_image_ids,
+    check_source,
+)
+
+Credentials = MicrioCredentials | str
+Source = ImageSource | Mapping[str, Any] | str
+
+
+@task(name="micrio-add-images")
+async def add_micrio_images(
+    credentials: Credentials, folder_id: str, images: list[Source], user_email: str | None = None
+) -> list[AddedImage]:
+    """Queue images (``sourceUrl`` + optional name) in a folder; returns their Micrio ids in input order.
+
+    Raises ``InputError`` for a bad source (nothing sent) and ``OutcomeUnknownError`` when the answer was
+    lost after sending (the images may exist: check before adding again).
+
+    Example:
+        ```python
+        added = await add_micrio_images("my-micrio", "abcdef", [{"sourceUrl": url, "name": "IMG-001"}])
+        ```
+    """
+    creds = await MicrioCredentials.resolve(credentials)
+    async with creds.get_client() as client:
+        return await client.add_images(folder_id, images, user_email)
+
+
+@task(name="micrio-get-image-status")
+async def get_micrio_image_status(credentials: Credentials, image_ids: list[str]) -> ImageStatusReport:
+    """Processing status of up to 100 images (one ``image/status`` call); unknown ids are in ``missing``.
+
+    For more ids use ``poll_micrio_images``.
+
+    Example:
+        ```python
+        report = await get_micrio_image_status("my-micrio", [a.id for a in added])
+        ```
+    """
+    ids = check_image_ids(image_ids)
+    if len(ids) > MAX_STATUS_IDS:
+        raise InputError(
+            "image_ids", f"has {len(ids)} ids", f"at most {MAX_STATUS_IDS}; use poll_micrio_images"
+        )
+    creds = await MicrioCredentials.resolve(credentials)
+    async with creds.get_client() as client:
+        return await client.image_status(ids)
+
+
+@task(name="micrio-get-folder-status")
+async def get_micrio_folder_status(credentials: Credentials, folder_id: str) -> FolderStatus:
+    """Progress of a whole folder: total, completed, ids still processing and ids in error.
+
+    Example:
+        ```python
+        progress = await get_micrio_folder_status("my-micrio", "abcdef")
+        ```
+    """
+    creds = await MicrioCredentials.resolve(credentials)
+    async with creds.get_client() as client:
+        return await client.folder_status(folder_id)
+
+
+@task(name="micrio-create-folder")
+async def create_micrio_folder(
+    credentials: Credentials, parent_id: str, name: str | None = None, type: FolderType = "folder"
+) -> CreatedFolder:
+    """Create a folder, album or space (360 tour container) under ``parent_id``.
+
+    Example:
+        ```python
+        folder = await create_micrio_folder("my-micrio", "abcdef", "Migration 2025", type="folder")
+        ```
+    """
+    creds = await MicrioCredentials.resolve(credentials)
+    async with creds.get_client() as client:
+        return await client.create_folder(parent_id, name, type)
+
+
+class AddOutcome(BaseModel):
+    """What became of one source of a batch, by its position in the input.
+
+    ``added``: queued, with its Micrio ``image_id``. ``rejected``: the source broke a documented rule and
+    was not sent. ``failed``: Micrio refused the call or could not be reached; nothing was added, so it can
+    be sent again. ``unknown``: the connection broke after sending; the image may exist, so check (e.g. the
+    folder status) before sending it again.
+    """
+
+    index: int
+    status: Literal["added", "rejected", "failed", "unknown"]
+    image_id: str | None = None
+    name: str | None = None
+    error: str | None = None
+
+
+@task(name="micrio-add-batch")
+async def add_micrio_batch(
+    credentials: Credentials, folder_id: str, sources: list[Source], user_email: str | None = None
+) -> list[AddOutcome]:
+    """Add a batch of sources with one ``images/add`` call (more only above the block's per-call cap).
+
+    Invalid sources are rejected one by one and the rest still go out. Every input ends as one
+    ``AddOutcome``, in input order.
+
+    Example:
+        ```python
+        outcomes = await add_micrio_batch("my-micrio", "abcdef", [{"sourceUrl": u} for u in urls])
+        retry_later = [o.index for o in outcomes if o.status == "failed"]
+        ```
+    """
+    creds = await MicrioCredentials.resolve(credentials)
+    outcomes: list[AddOutcome | None] = [None] * len(sources)
+    try:
+        check_folder_id(folder_id)
+    except InputError as exc:
+        return [AddOutcome(index=i, status="rejected", error=str(exc)) for i in range(len(sources))]
+    valid: list[tuple[int, ImageSource]] = []
+    for i, source in enumerate(sources):
+        try:
+            valid.append((i, check_source(source, i)))
+        except InputError as exc:
+            outcomes[i] = AddOutcome(index=i, status="rejected", error=str(exc))
+    async with creds.get_client() as client:
+        for start in range(0, len(valid), client.max_batch):
+            chunk = valid[start : start + client.max_batch]
+            try:
+                added = await client.add_images(folder_id, [s for _, s in chunk], user_email)
+            except InputError as exc:  # e.g. user_email: applies to the whole call
+                for i, _ in chunk:
+                    outcomes[i] = AddOutcome(index=i, status="rejected", error=str(exc))
+            except OutcomeUnknownError as exc:
+                for i, _ in chunk:
+                    outcomes[i] = AddOutcome(index=i, status="unknown", error=str(exc))
+            except ApiError as exc:
+                for i, _ in chunk:
+                    outcomes[i] = AddOutcome(index=i, status="failed", error=str(exc))
+            else:
+                for (i, _), image in zip(chunk, added, strict=True):
+                    outcomes[i] = AddOutcome(index=i, status="added", image_id=image.id, name=image.name)
+    return [o for o in outcomes if o is not None]
+
+
+@task(name="micrio-poll-images")
+async def poll_micrio_images(credentials: Credentials, image_ids: list[str]) -> ImageStatusReport:
+    """Poll any number of images in one task run (``image/status`` calls of ≤ 100 ids, a few at once).
+
+    ``report.statuses`` maps id → status in input order; ``report.pending`` lists ids still processing;
+    ``report.missing`` the ids Micrio does not know.
+
+    Example:
+        ```python
+        report = await poll_micrio_images("my-micrio", journal.pending_ids())
+        ready = report.ids_with("ready")
+        ```
+    """
+    creds = await MicrioCredentials.resolve(credentials)
+    async with creds.get_client() as client:
+        return await client.image_status(image_ids)

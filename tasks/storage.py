@@ -1,0 +1,333 @@
+"""S3 helpers on a prefect-aws ``S3Bucket`` block or a plain boto3 client.
+
+Every function takes the bucket first: an ``S3Bucket`` block (its ``bucket_folder`` prefixes every key) or a
+``BucketRef`` (a boto3 client, a bucket name and an optional prefix). Keys are checked before anything is
+sent: no ``..`` or ``.`` segments, no leading ``/``, no control characters, at most 1,024 bytes.
+
+    credentials = AwsCredentials(
+        aws_access_key_id="...", aws_secret_access_key="...", region_name="us-east-1",
+        aws_client_parameters={"endpoint_url": "http://127.0.0.1:9000"},  # omit for real AWS
+    )
+    bucket = S3Bucket(bucket_name="demo-bucket", credentials=credentials, bucket_folder="snapshots")
+    put_bytes(bucket, "cam-1/0001.jpg", data)          # -> s3://demo-bucket/snapshots/cam-1/0001.jpg
+    list_keys(bucket, "cam-1/")                        # -> ["cam-1/0001.jpg"]  (relative to the folder)
+
+boto3 is synchronous: from async flows, call these through ``asyncio.to_thread`` or ``.submit()`` the tasks.
+boto3 clients are thread-safe, so the batch tasks share one client across a small thread pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mimetypes
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from botocore.exceptions import ClientError
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect_aws.credentials import AwsCredentials, MinIOCredentials
+from prefect_aws.s3 import S3Bucket
+
+from clients.errors import InputError, NotFoundError
+
+MAX_KEY_BYTES = 1024  # S3 object key limit (UTF-8)
+MAX_METADATA_BYTES = 2048  # S3 user-defined metadata limit (keys + values)
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs live at most 7 days
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BucketRef:
+    """A bucket reached through a plain boto3 S3 client; ``prefix`` plays the role of ``bucket_folder``."""
+
+    client: Any = field(repr=False)
+    bucket: str
+    prefix: str = ""
+
+
+Bucket = S3Bucket | BucketRef
+
+
+@dataclass
+class BatchResult(Generic[T]):
+    """Outcome of a batch task: ``done`` maps each key to its result, ``failed`` each key to its error."""
+
+    done: dict[str, T] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+# --- clients, URIs and keys ---------------------------------------------------------------------------
+
+
+def s3_client_from_block(bucket_block: S3Bucket) -> Any:
+    """The boto3 S3 client of an ``S3Bucket`` block (``credentials.get_s3_client()``, cached by prefect-aws)."""
+    return bucket_block.credentials.get_s3_client()
+
+
+def resolve_s3_client(source: Any) -> Any:
+    """A boto3 S3 client from a client, an ``S3Bucket`` block or an ``AwsCredentials``/``MinIOCredentials`` block."""
+    if isinstance(source, S3Bucket):
+        return s3_client_from_block(source)
+    if isinstance(source, AwsCredentials | MinIOCredentials):
+        return source.get_s3_client()
+    if isinstance(source, BucketRef):
+        return source.client
+    if hasattr(source, "get_object") and hasattr(source, "list_objects_v2"):
+        return source
+    raise TypeError(
+        f"expected a boto3 S3 client, an S3Bucket or AWS credentials block, got {type(source).__name__}"
+    )
+
+
+def bucket_ref(bucket: Bucket) -> BucketRef:
+    """Normalise an ``S3Bucket`` block or a ``BucketRef`` to a ``BucketRef``."""
+    if isinstance(bucket, BucketRef):
+        return bucket
+    if isinstance(bucket, S3Bucket):
+        folder = check_key((bucket.bucket_folder or "").strip("/"), field="bucket_folder", allow_empty=True)
+        return BucketRef(s3_client_from_block(bucket), bucket.bucket_name, folder)
+    raise TypeError(f"expected an S3Bucket block or a BucketRef, got {type(bucket).__name__}")
+
+
+def check_key(key: str, *, field: str = "key", allow_empty: bool = False) -> str:
+    """Return ``key`` if it is a safe S3 key, else raise ``InputError``.
+
+    Rejects leading ``/``, ``..`` and ``.`` segments (path traversal once keys are mirrored to disk),
+    control characters and keys over 1,024 UTF-8 bytes. ``allow_empty`` is for prefixes.
+    """
+    if not isinstance(key, str):
+        raise InputError(field, f"must be a string, got {type(key).__name__}")
+    if not key:
+        if allow_empty:
+            return key
+        raise InputError(field, "empty")
+    if key.startswith("/"):
+        raise InputError(field, f"{key!r} starts with '/'", "keys are relative to the bucket")
+    if any(part in ("..", ".") for part in key.split("/")):
+        raise InputError(field, f"{key!r} has a '.' or '..' segment", "no path traversal")
+    if _CONTROL_RE.search(key):
+        raise InputError(field, f"{key!r} contains control characters")
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise InputError(field, f"{len(key.encode()):,} bytes", f"at most {MAX_KEY_BYTES:,} bytes")
+    return key
+
+
+def parse_s3_uri(uri: str, *, field: str = "uri", require_key: bool = True) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` into ``(bucket, key)``; raise ``InputError`` naming ``field`` if malformed.
+
+    The key goes through ``check_key``; ``require_key=False`` accepts ``s3://bucket`` and ``s3://bucket/prefix/``.
+    """
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise InputError(field, f"{uri!r} is not an S3 URI", "s3://bucket/key")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        raise InputError(field, f"bad bucket name {bucket!r}", "3-63 lowercase letters, digits, '.', '-'")
+    check_key(key, field=field, allow_empty=not require_key)
+    return bucket, key
+
+
+def _full_key(ref: BucketRef, key: str, *, allow_empty: bool = False) -> str:
+    check_key(key, allow_empty=allow_empty)
+    prefix = ref.prefix.strip("/")
+    return f"{prefix}/{key}" if prefix else key
+
+
+def _is_not_found(err: ClientError) -> bool:
+    return str(err.response.get("Error", {}).get("Code")) in _NOT_FOUND_CODES
+
+
+@contextlib.contextmanager
+def not_found_as_error(operation: str, bucket: str, key: str) -> Iterator[None]:
+    """Turn S3's 404 answers (NoSuchKey, NoSuchBucket, a bare 404 on HEAD) into ``NotFoundError``."""
+    try:
+        yield
+    except ClientError as err:
+        if _is_not_found(err):
+            raise NotFoundError("s3", operation, f"no object s3://{bucket}/{key}", status=404) from None
+        raise
+
+
+# --- single-object operations ---------------------------------------------------------------------------
+
+
+def put_bytes(
+    bucket: Bucket,
+    key: str,
+    data: bytes,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    content_type: str | None = None,
+) -> str:
+    """Store ``data`` at ``key`` and return the full key written (folder prefix included).
+
+    ``content_type`` defaults to a guess from the key's extension. ``metadata`` becomes S3 user metadata:
+    ASCII strings only, at most 2 KB in total (S3 sends it as HTTP headers).
+    """
+    ref = bucket_ref(bucket)
+    full_key = _full_key(ref, key)
+    extra: dict[str, Any] = {
+        "ContentType": content_type or mimetypes.guess_type(key)[0] or "application/octet-stream"
+    }
+    if metadata:
+        extra["Metadata"] = _check_metadata(metadata)
+    ref.client.put_object(Bucket=ref.bucket, Key=full_key, Body=bytes(data), **extra)
+    return full_key
+
+
+def _check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    size = 0
+    for name, value in metadata.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise InputError("metadata", f"{name!r}: keys and values must be strings")
+        if not (name + value).isascii() or _CONTROL_RE.search(name + value):
+            raise InputError("metadata", f"{name!r}: non-ASCII or control characters", "ASCII only")
+        size += len(name) + len(value)
+    if size > MAX_METADATA_BYTES:
+        raise InputError("metadata", f"{size:,} bytes", f"at most {MAX_METADATA_BYTES:,} bytes")
+    return dict(metadata)
+
+
+def get_bytes(bucket: Bucket, key: str) -> bytes:
+    """The whole object at ``key``; ``NotFoundError`` (status 404) if it does not exist."""
+    ref = bucket_ref(bucket)
+    full_key = _full_key(ref, key)
+    try:
+        return ref.client.get_object(Bucket=ref.bucket, Key=full_key)["Body"].read()
+    except ClientError as err:
+        if _is_not_found(err):
+            raise NotFoundError(
+                "s3", "get_object", f"no object s3://{ref.bucket}/{full_key}", status=404
+            ) from None
+        raise
+
+
+def exists(bucket: Bucket, key: str) -> bool:
+    """Whether an object exists at ``key`` (one HEAD request)."""
+    ref = bucket_ref(bucket)
+    try:
+        ref.client.head_object(Bucket=ref.bucket, Key=_full_key(ref, key))
+    except ClientError as err:
+        if _is_not_found(err):
+            return False
+        raise
+    return True
+
+
+def list_keys(bucket: Bucket, prefix: str = "") -> list[str]:
+    """Every key under ``prefix`` (all pages), sorted, relative to the bucket folder.
+
+    Folder markers (keys ending in ``/``) are left out. The returned keys can be passed straight back to
+    ``get_bytes``.
+    """
+    ref = bucket_ref(bucket)
+    full_prefix = _full_key(ref, prefix, allow_empty=True)  # "folder/" + prefix
+    folder = ref.prefix.strip("/")
+    strip = len(folder) + 1 if folder else 0
+    keys: list[str] = []
+    for page in ref.client.get_paginator("list_objects_v2").paginate(Bucket=ref.bucket, Prefix=full_prefix):
+        keys.extend(obj["Key"][strip:] for obj in page.get("Contents", ()) if not obj["Key"].endswith("/"))
+    return sorted(keys)
+
+
+def presigned_get_url(bucket: Bucket, key: str, expires_in: int = 3600) -> str:
+    """A URL that downloads ``key`` without credentials for ``expires_in`` seconds (1 s to 7 days).
+
+    Computed locally (no request). The URL grants access: treat it like a secret, keep it out of logs,
+    reports and flow parameters.
+    """
+    if not 1 <= int(expires_in) <= MAX_PRESIGN_SECONDS:
+        raise InputError("expires_in", f"{expires_in} s", f"1 to {MAX_PRESIGN_SECONDS:,} s")
+    ref = bucket_ref(bucket)
+    return ref.client.generate_presigned_url(
+        "get_object", Params={"Bucket": ref.bucket, "Key": _full_key(ref, key)}, ExpiresIn=int(expires_in)
+    )
+
+
+# --- batch tasks ---------------------------------------------------------------------------------------
+
+
+def _run_batch(fn: Callable[[str], T], keys: Iterable[str], max_workers: int) -> BatchResult[T]:
+    keys = list(dict.fromkeys(keys))  # drop duplicates, keep order
+    result: BatchResult[T] = BatchResult()
+    if not keys:
+        return result
+
+    def attempt(key: str) -> tuple[str, T | None, str | None]:
+        try:
+            return key, fn(key), None
+        except Exception as exc:  # one bad object must not hide the others' outcome
+            return key, None, f"{type(exc).__name__}: {exc}"
+
+    with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(keys)))) as pool:
+        for key, value, error in pool.map(attempt, keys):
+            if error is None:
+                result.done[key] = value
+            else:
+                result.failed[key] = error
+    return result
+
+
+@task(name="upload-to-s3", cache_policy=NO_CACHE)
+def upload_objects(
+    bucket: Bucket,
+    objects: Mapping[str, bytes],
+    *,
+    content_type: str | None = None,
+    metadata: Mapping[str, str] | None = None,
+    max_workers: int = 8,
+) -> BatchResult[str]:
+    """Upload a batch of objects (key -> bytes) in parallel; ``done`` maps each key to the full key written.
+
+    Puts are idempotent, so retrying the whole task (``.with_options(retries=2)``) is safe.
+
+    Example:
+        result = upload_objects(bucket, {"cam-1/0001.jpg": jpeg, "cam-1/0002.jpg": jpeg2})
+        assert not result.failed
+    """
+    ref = bucket_ref(bucket)  # one client for the whole batch
+    return _run_batch(
+        lambda key: put_bytes(ref, key, objects[key], metadata=metadata, content_type=content_type),
+        objects,
+        max_workers,
+    )
+
+
+@task(name="download-from-s3", cache_policy=NO_CACHE)
+def download_objects(bucket: Bucket, keys: Sequence[str], *, max_workers: int = 8) -> BatchResult[bytes]:
+    """Download a batch of objects in parallel; missing keys land in ``failed`` with a NotFoundError message.
+
+    Example:
+        result = download_objects(bucket, list_s3_keys(bucket, "cam-1/"))
+        for key, data in result.done.items(): ...
+    """
+    ref = bucket_ref(bucket)
+    return _run_batch(lambda key: get_bytes(ref, key), keys, max_workers)
+
+
+@task(name="list-s3-keys", cache_policy=NO_CACHE)
+def list_s3_keys(bucket: Bucket, prefix: str = "") -> list[str]:
+    """Every key under ``prefix``, sorted, relative to the bucket folder (see ``list_keys``).
+
+    Example:
+        keys = list_s3_keys(bucket, "harvest/2024-11-09/")
+    """
+    return list_keys(bucket, prefix)
+
+
+@task(name="presign-s3-urls", cache_policy=NO_CACHE)
+def presign_urls(bucket: Bucket, keys: Sequence[str], expires_in: int = 3600) -> dict[str, str]:
+    """Presigned GET URLs for a batch of keys (computed locally). The URLs grant access: never log them.
+
+    Example:
+        urls = presign_urls(bucket, ["cam-1/0001.jpg"], expires_in=900)
+    """
+    ref = bucket_ref(bucket)
+    return {key: presigned_get_url(ref, key, expires_in) for key in keys}

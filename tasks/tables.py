@@ -1,0 +1,349 @@
+"""Table helpers (pandas, pyarrow): read CSV, Parquet and JSON Lines in constant-memory chunks, write reports.
+
+A source is a local file or directory, a glob (``data/*.csv``, ``data/**/*.parquet``), ``s3://bucket/key``,
+``s3://bucket/prefix/`` (trailing slash) or an S3 glob (``s3://bucket/in/*.csv.gz``). The type comes from the
+extension: ``.csv``, ``.parquet``/``.pq``, ``.jsonl``/``.ndjson``, CSV and JSON Lines optionally ``.gz``.
+
+Memory stays bounded whatever the file size: CSV and JSON Lines are parsed from a stream ``chunksize`` rows at
+a time, Parquet is read batch by batch (at most one row group in memory), and S3 objects are streamed (CSV,
+JSON Lines) or read with ranged GETs (Parquet), never downloaded whole.
+
+S3 access goes through an explicit boto3 client, an ``S3Bucket`` or ``AwsCredentials`` block (so the endpoint
+URL can point at the local emulator), or s3fs-style ``storage_options``; with none, boto3's default chain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import gzip
+import io
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pandas as pd
+import pyarrow.parquet as pq
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from clients.errors import InputError
+
+from .storage import BucketRef, list_keys, not_found_as_error, parse_s3_uri, resolve_s3_client
+
+_SUFFIXES = (
+    (".csv", "csv"),
+    (".parquet", "parquet"),
+    (".pq", "parquet"),
+    (".jsonl", "jsonl"),
+    (".ndjson", "jsonl"),
+)
+_KNOWN = ".csv, .csv.gz, .parquet, .pq, .jsonl, .ndjson, .jsonl.gz, .ndjson.gz"
+_WILDCARDS = set("*?[")
+_CONTENT_TYPES = {
+    "csv": "text/csv",
+    "parquet": "application/vnd.apache.parquet",
+    "jsonl": "application/x-ndjson",
+}
+_STORAGE_OPTION_NAMES = {
+    "key": "aws_access_key_id",
+    "secret": "aws_secret_access_key",
+    "token": "aws_session_token",
+    "endpoint_url": "endpoint_url",
+    "region_name": "region_name",
+}
+
+
+def table_format(name: str, *, field: str = "source") -> tuple[str, bool]:
+    """``(kind, gzipped)`` for a file name, kind being "csv", "parquet" or "jsonl"; ``InputError`` if unknown."""
+    lower = name.lower()
+    gzipped = lower.endswith(".gz")
+    base = lower[:-3] if gzipped else lower
+    for suffix, kind in _SUFFIXES:
+        if base.endswith(suffix) and not (gzipped and kind == "parquet"):
+            return kind, gzipped
+    raise InputError(field, f"unknown table type {os.path.basename(name) or name!r}", f"one of {_KNOWN}")
+
+
+def _is_table(name: str) -> bool:
+    try:
+        table_format(name)
+    except InputError:
+        return False
+    return not os.path.basename(name).startswith(".")  # hidden files, e.g. our own temp files
+
+
+def _s3(s3_client: Any, storage_options: dict[str, Any] | None) -> Any:
+    """A boto3 S3 client: the one given, or built from s3fs-style storage_options (key, secret, endpoint_url...)."""
+    if s3_client is not None:
+        return resolve_s3_client(s3_client)
+    options = dict(storage_options or {})
+    kwargs = dict(options.pop("client_kwargs", None) or {})
+    for name, boto_name in _STORAGE_OPTION_NAMES.items():
+        if name in options:
+            kwargs.setdefault(boto_name, options.pop(name))
+    if options:
+        raise InputError(
+            "storage_options",
+            f"unsupported keys {sorted(options)}",
+            f"{', '.join(_STORAGE_OPTION_NAMES)}, client_kwargs",
+        )
+    return boto3.client("s3", **kwargs)
+
+
+def _match(pattern: list[str], parts: list[str]) -> bool:
+    """Glob match segment by segment: ``*`` stays inside one segment, ``**`` spans any number of them."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_match(pattern[1:], parts[i:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatchcase(parts[0], pattern[0]) and _match(pattern[1:], parts[1:])
+
+
+def list_sources(
+    source: str, s3_client: Any = None, *, storage_options: dict[str, Any] | None = None
+) -> list[str]:
+    """Expand ``source`` to the files it names, in sorted order.
+
+    A plain path or S3 key is returned as is (its type is checked when read). A glob returns every match;
+    a directory or an S3 prefix (trailing ``/``) returns the table files under it, recursively, leaving out
+    other files (``_SUCCESS`` markers, hidden files). A glob or prefix that matches nothing gives ``[]``.
+    """
+    if source.startswith("s3://"):
+        bucket, key = parse_s3_uri(source, field="source", require_key=False)
+        wildcard = next((i for i, ch in enumerate(key) if ch in _WILDCARDS), None)
+        if wildcard is None and key and not key.endswith("/"):
+            return [source]
+        client = _s3(s3_client, storage_options)
+        listed_prefix = key if wildcard is None else key[: key.rfind("/", 0, wildcard) + 1]
+        keys = list_keys(BucketRef(client, bucket), listed_prefix)
+        if wildcard is None:
+            keys = [k for k in keys if _is_table(k)]
+        else:
+            keys = [k for k in keys if _match(key.split("/"), k.split("/"))]
+        return sorted(f"s3://{bucket}/{k}" for k in keys)
+    if any(ch in _WILDCARDS for ch in source):
+        return sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))
+    if os.path.isdir(source):
+        return sorted(str(p) for p in Path(source).rglob("*") if p.is_file() and _is_table(p.name))
+    return [source]
+
+
+class _S3RangeReader(io.RawIOBase):
+    """Seekable, read-only view of one S3 object: each read is a ranged GET, pinned to the object's ETag
+    so an overwrite during the read fails loudly instead of mixing two versions."""
+
+    def __init__(self, client: Any, bucket: str, key: str) -> None:
+        self._client, self._bucket, self._key = client, bucket, key
+        with not_found_as_error("head_object", bucket, key):
+            head = client.head_object(Bucket=bucket, Key=key)
+        self._size, self._etag, self._pos = head["ContentLength"], head["ETag"], 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self._size - self._pos)
+        if n <= 0:
+            return 0
+        data = self._client.get_object(
+            Bucket=self._bucket,
+            Key=self._key,
+            IfMatch=self._etag,
+            Range=f"bytes={self._pos}-{self._pos + n - 1}",
+        )["Body"].read()
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+def _open_binary(src: str, client: Any) -> io.BufferedIOBase:
+    """A streaming binary handle: a local file, or the body of an S3 GET read as it arrives."""
+    if not src.startswith("s3://"):
+        return open(src, "rb")
+    bucket, key = parse_s3_uri(src, field="source")
+    with not_found_as_error("get_object", bucket, key):
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    return io.BufferedReader(body, buffer_size=1 << 20)
+
+
+def _check_columns(available: Sequence[str], columns: Sequence[str], src: str) -> None:
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise InputError("columns", f"{missing} not in {src}", f"available: {list(available)}")
+
+
+def _select(chunk: pd.DataFrame, columns: Sequence[str] | None, src: str) -> pd.DataFrame:
+    if columns is None:
+        return chunk
+    _check_columns(list(chunk.columns), columns, src)
+    return chunk[list(columns)]
+
+
+def _read_file(
+    src: str, client: Any, chunksize: int, columns: Sequence[str] | None
+) -> Iterator[pd.DataFrame]:
+    kind, gzipped = table_format(src)
+    if kind == "parquet":
+        with contextlib.ExitStack() as stack:
+            handle: Any = src
+            if src.startswith("s3://"):
+                # unbuffered on purpose: pyarrow asks for whole column chunks, so each read is exactly one
+                # ranged GET of the columns wanted; a read buffer would drag in the columns in between
+                handle = stack.enter_context(_S3RangeReader(client, *parse_s3_uri(src, field="source")))
+            # pre_buffer=False: pyarrow would otherwise fetch every row group up front (memory ~ file size)
+            parquet = stack.enter_context(pq.ParquetFile(handle, pre_buffer=False))
+            if columns is not None:
+                _check_columns(parquet.schema_arrow.names, columns, src)  # fail before reading any data
+            for batch in parquet.iter_batches(
+                batch_size=chunksize, columns=list(columns) if columns else None
+            ):
+                yield batch.to_pandas()
+        return
+    with contextlib.ExitStack() as stack:
+        stream: Any = stack.enter_context(_open_binary(src, client))
+        if gzipped:
+            stream = stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))
+        if kind == "csv":
+            # usecols as a predicate keeps memory low; missing columns are reported by _select below
+            wanted = set(columns) if columns is not None else None
+            reader = pd.read_csv(
+                stream, chunksize=chunksize, usecols=(lambda c: c in wanted) if wanted else None
+            )
+        else:
+            reader = pd.read_json(stream, lines=True, chunksize=chunksize)
+        with reader:
+            for chunk in reader:
+                yield _select(chunk, columns, src)
+
+
+def iter_table_chunks(
+    source: str,
+    *,
+    chunksize: int = 50_000,
+    columns: Sequence[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    s3_client: Any = None,
+) -> Iterator[pd.DataFrame]:
+    """Yield DataFrames of ``chunksize`` rows (the last chunk of each file may be shorter), file by file.
+
+    Files come from ``list_sources(source)`` in sorted order; each chunk's ``attrs["source"]`` names its file.
+    ``columns`` selects and orders columns (``InputError`` if one is missing). ``s3_client`` is a boto3 S3
+    client or an ``S3Bucket``/``AwsCredentials`` block; ``storage_options`` (s3fs-style: key, secret, token,
+    endpoint_url, region_name, client_kwargs) builds one instead. CSV dtypes are inferred per chunk, so a
+    column can change dtype between chunks; cast where it matters.
+
+    Example:
+        for chunk in iter_table_chunks("s3://demo-bucket/measurements/", s3_client=bucket_block):
+            backfill(chunk)
+    """
+    if chunksize < 1:
+        raise InputError("chunksize", f"{chunksize}", "at least 1")
+    client = None
+    for src in list_sources(source, s3_client, storage_options=storage_options):
+        if src.startswith("s3://") and client is None:
+            client = _s3(s3_client, storage_options)
+        for chunk in _read_file(src, client, chunksize, columns):
+            chunk.attrs["source"] = src
+            yield chunk
+
+
+def _serialize(df: pd.DataFrame, kind: str, gzipped: bool, fh: Any) -> None:
+    with contextlib.ExitStack() as stack:
+        if gzipped:
+            fh = stack.enter_context(gzip.GzipFile(fileobj=fh, mode="wb", mtime=0))
+        if kind == "parquet":
+            df.to_parquet(fh, index=False)
+        elif kind == "csv":
+            df.to_csv(fh, index=False)
+        else:
+            df.to_json(fh, orient="records", lines=True, date_format="iso")
+
+
+def write_table(
+    df: pd.DataFrame,
+    destination: str,
+    s3_client: Any = None,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Write ``df`` (without its index) as CSV, Parquet or JSON Lines by extension; return ``destination``.
+
+    Local files are written atomically: to a hidden temp file in the same directory, fsynced, then renamed
+    over the destination, so readers never see half a report. Parent directories are created. S3 writes
+    spool through a local temp file and are atomic by nature (an object appears whole or not at all).
+    """
+    kind, gzipped = table_format(destination, field="destination")
+    if destination.startswith("s3://"):
+        bucket, key = parse_s3_uri(destination, field="destination")
+        client = _s3(s3_client, storage_options)
+        with tempfile.TemporaryFile() as tmp:
+            _serialize(df, kind, gzipped, tmp)
+            tmp.seek(0)
+            content_type = "application/gzip" if gzipped else _CONTENT_TYPES[kind]
+            client.upload_fileobj(tmp, bucket, key, ExtraArgs={"ContentType": content_type})
+        return destination
+    path = Path(destination)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            _serialize(df, kind, gzipped, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; reports are meant to be shared
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    return destination
+
+
+@task(name="load-table", cache_policy=NO_CACHE)
+def load_table(
+    source: str,
+    *,
+    columns: Sequence[str] | None = None,
+    s3_client: Any = None,
+    max_rows: int = 1_000_000,
+) -> pd.DataFrame:
+    """Read a whole (small) table from ``source`` into one DataFrame; ``InputError`` past ``max_rows`` rows.
+
+    For bigger inputs iterate ``iter_table_chunks`` in the flow and hand each chunk to a batch task.
+
+    Example:
+        cameras = load_table("s3://demo-bucket/config/cameras.csv", s3_client=bucket_block)
+    """
+    chunks, rows = [], 0
+    for chunk in iter_table_chunks(source, columns=columns, s3_client=s3_client):
+        rows += len(chunk)
+        if rows > max_rows:
+            raise InputError("source", f"{source} has more than {max_rows:,} rows", "use iter_table_chunks")
+        chunks.append(chunk)
+    return pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=list(columns or []))
+
+
+@task(name="save-table", cache_policy=NO_CACHE)
+def save_table(df: pd.DataFrame, destination: str, *, s3_client: Any = None) -> str:
+    """Write a report table (CSV/Parquet/JSON Lines by extension, local or ``s3://``); see ``write_table``.
+
+    Example:
+        save_table(report_df, "s3://demo-bucket/reports/miniviz-backfill.parquet", s3_client=bucket_block)
+    """
+    return write_table(df, destination, s3_client)
