@@ -6,13 +6,16 @@ on httpx/httpcore (which log request URLs at INFO/DEBUG), replacing any register
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 from typing import Any
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 MASK = "***"
 _lock = threading.Lock()
 _secrets: set[str] = set()
+_ordered: list[str] = []  # the same, longest first (a secret inside a longer one is masked after it)
 # Loggers whose records can carry request details. Filters on a logger only see records created on that
 # logger itself, so each child is listed.
 WATCHED_LOGGERS = (
@@ -31,14 +34,64 @@ def register_secret(value: str | None) -> None:
     """Remember a secret value so it is masked wherever this module redacts. Short values are ignored."""
     if value and len(value) >= 6:
         with _lock:
-            _secrets.add(value)
+            if value not in _secrets:  # signed URLs add thousands per batch: no re-sorting
+                _secrets.add(value)
+                bisect.insort(_ordered, value, key=lambda s: -len(s))
+
+
+# Query parameters that make a URL a credential (pre-signed GCS/S3/Azure/CloudFront links, token links).
+SIGNATURE_PARAMS = frozenset(
+    {
+        "x-goog-signature",
+        "x-amz-signature",
+        "x-amz-security-token",
+        "x-amz-credential",
+        "signature",
+        "sig",
+        "token",
+        "access_token",
+    }
+)
+
+
+def register_url_secrets(url: str | None, *, secret_path: bool = False) -> None:
+    """Register what makes a signed or pre-signed URL a credential: anyone holding it can read or write the
+    object until it expires, so it must never reach a log or an error message.
+
+    Registers the value of each signature-like query parameter (``SIGNATURE_PARAMS``), as sent and decoded.
+    ``secret_path``: the unguessable path itself grants access (a capability link), so register it too.
+    """
+    if not url:
+        return
+    parts = urlsplit(url)
+    for pair in parts.query.split("&"):
+        name, _, value = pair.partition("=")
+        if unquote_plus(name).lower() in SIGNATURE_PARAMS:
+            register_secret(value)
+            register_secret(unquote_plus(value))
+    if secret_path:
+        register_secret(parts.path)
+        register_secret(unquote(parts.path))
+
+
+def register_signed_urls_in(value: Any) -> None:
+    """``register_url_secrets`` for every http(s) URL with a query string in a decoded JSON answer."""
+    if isinstance(value, str):
+        if "?" in value and value.startswith(("https://", "http://")):
+            register_url_secrets(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            register_signed_urls_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            register_signed_urls_in(item)
 
 
 def redact(text: Any) -> str:
     out = str(text)
     with _lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
+        ordered = tuple(_ordered)
+    for secret in ordered:
         if secret in out:
             out = out.replace(secret, MASK)
     return out

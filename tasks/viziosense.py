@@ -1,0 +1,346 @@
+"""Prefect tasks for VizioSense: one per API call, plus a batch task that harvests snapshots from many cameras.
+
+Each task accepts a ``VizioSenseCredentials`` block or the name of a saved one. With email + password
+credentials the task runs of one process share one login; an API key needs no login and is the better
+choice for flows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Literal
+
+from prefect import task
+from pydantic import BaseModel
+
+from blocks.viziosense import VizioSenseCredentials
+from clients.errors import ApiError, InputError
+from clients.redaction import redact
+from clients.viziosense import (
+    DEFAULT_IMAGE_TIMEOUT_S,
+    DEFAULT_POLL_INTERVAL_S,
+    IMAGE_READY_AFTER_S,
+    Device,
+    ImageKind,
+    ImageRequest,
+    Snapshot,
+    VizioSenseClient,
+    Webhook,
+    check_image_wait,
+)
+
+
+@task(name="viziosense-list-devices")
+async def list_viziosense_devices(
+    credentials: VizioSenseCredentials | str,
+    sort: str | None = None,
+    group: str | None = None,
+    is_online: Literal["Online", "Offline"] | bool | None = None,
+    per_page: int = 100,
+) -> list[Device]:
+    """Every device the account may see (all pages), optionally filtered by group and online status.
+
+    Example:
+        ```python
+        cameras = await list_viziosense_devices("my-viziosense", group="parking", is_online="Online")
+        ```
+    """
+    creds = await VizioSenseCredentials.resolve(credentials)
+    async with creds.get_client() as client:
+        return await client.list_all_devices(per_page=per_page, sort=sort, group=group, is_online=is_online)
+
+
+@task(name="viziosense-get-device")
+async def get_viziosense_device(credentials: VizioSenseCredentials | str, device_uuid: str) -> Device:
+    """One device by uuid.
+
+    Example:
+        ```python
+        device = await get_viziosense_device("my-viziosense", "3f1c...-uuid")
+        ```
+    """
+    creds = await VizioSenseCredentials.resolve(credentials)
+    async with creds.get_client() as client:
+        return await client.get_device(device_uuid)
+
+
+@task(name="viziosense-update-device")
+async def update_viziosense_device(
+    credentials: VizioSenseCredentials | str, device_uuid: str, fields: Mapping[str, str]
+) -> Device:
+    """Change a device's ``name``, ``geo_city``, ``geo_country`` and/or ``client_identifier``.
+
+    Example:
+        ```python
+        device = await update_viziosense_device("my-viziosense", uuid, {"name": "Gate 2", "geo_city": "Lyon"})
+        ```
+    """
+    creds = await VizioSenseCredentials.resolve(credentials)
+    async with creds.get_client() as client:
+        return await client.update_device(device_uuid, fields)
+
+
+@task(name="viziosense-refresh-device")
+async def refresh_viziosense_device(credentials: VizioSenseCredentials | str, device_uuid: str) -> Device:
+    """Have VizioSense re-check a device's status; returns the device with its new ``refreshed`` time.
+
+    Example:
+        ```python
+        device = await refresh_viziosense_device("my-viziosense", uuid)
+        ```
+    """
+    creds = await VizioSenseCredentials.resolve(credentials)
+    async with creds.get_client() as client:
+        return await client.refresh_device(device_uuid)
+
+
+@task(name="viziosense-request-image")
+async def request_viziosense_image(
+    credentials: VizioSenseCredentials | str, device_uuid: str, ready_after: float = IMAGE_READY_AFTER_S
+) -> ImageRequest:
+    """Ask a camera for a snapshot; returns its raw and annotated links and when they can be fetched.
+
+    Example:
+        ```python
+        request = await request_viziosense_image("my-viziosense", uuid)
+        snapshot = await fetch_viziosense_image("my-viziosense", request, "annotated")
+        ```
+    """
+    creds = await VizioSenseCredentials.resolve(credentials)
+    async with creds.get_client() as client:
+        return await client.request_image(device_uuid, ready_after=ready_after)
+
+
+@task(name="viziosense-fetch-image")
+async def fetch_viziosense_image(
+    credentials: VizioSenseCredentials | str,
+    image: ImageRequest,
+    kind: ImageKind = "raw",
+    poll_interval: float = DEFAULT_POLL_INTERVAL_S,
+    timeout: float = DEFAULT_IMAGE_TIMEOUT_S,
+) -> Snapshot:
+    """Download the raw or annotated image of a request, waiting until it is served (JPEG checked).
+
+    Example:
+        ```python
+        snapshot = await fetch_viziosense_image("my-viziosense", request, "raw")
+        print(snapshot.width, snapshot.height, len(snapshot.content))
+        ```
+    """
+    creds = await VizioSenseCredentials.resolve(credentials)
+    async with creds.get_client() as client:
+        return await client.fetch_image(image, kind, poll_interval=poll_interval, timeout=timeout)
+
+
+@task(name="viziosense-list-webhooks")
+async def list_viziosense_webhooks(
+    credentials: VizioSenseCredentials | str, device_uuid: str
+) -> list[Webhook]:
+    """The webhooks of a device.
+
+    Example:
+        ```python
+        hooks = await list_viziosense_webhooks("my-viziosense", uuid)
+        ```
+    """
+    creds = await VizioSenseCredentials.resolve(credentials)
+    async with creds.get_client() as client:
+        return await client.list_webhooks(device_uuid)
+
+
+@task(name="viziosense-add-webhook")
+async def add_viziosense_webhook(
+    credentials: VizioSenseCredentials | str,
+    device_uuid: str,
+    url: str,
+    webhook_type: Literal["payload", "keepalive"],
+    status: int = 1,
+    actions: str | None = None,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> Webhook:
+    """Add a webhook to a device (``status`` 1 active, 0 inactive; headers/params sent with each delivery).
+
+    Example:
+        ```python
+        hook = await add_viziosense_webhook(
+            "my-viziosense", uuid, "https://hooks.example.com/vizio", "payload",
+            headers={"Authorization": "Token ..."},
+        )
+        ```
+    """
+    creds = await VizioSenseCredentials.resolve(credentials)
+    async with creds.get_client() as client:
+        return await client.add_webhook(
+            device_uuid, url, webhook_type, status=status, actions=actions, headers=headers, params=params
+        )
+
+
+@task(name="viziosense-update-webhook")
+async def update_viziosense_webhook(
+    credentials: VizioSenseCredentials | str,
+    device_uuid: str,
+    webhook_id: int,
+    url: str | None = None,
+    webhook_type: Literal["payload", "keepalive"] | None = None,
+    status: int | None = None,
+    actions: str | None = None,
+    headers: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
+) -> Webhook:
+    """Change the given fields of a webhook (``None`` = unchanged).
+
+    Example:
+        ```python
+        hook = await update_viziosense_webhook("my-viziosense", uuid, hook.id, status=0)  # deactivate
+        ```
+    """
+    creds = await VizioSenseCredentials.resolve(credentials)
+    async with creds.get_client() as client:
+        return await client.update_webhook(
+            device_uuid,
+            webhook_id,
+            url=url,
+            webhook_type=webhook_type,
+            status=status,
+            actions=actions,
+            headers=headers,
+            params=params,
+        )
+
+
+# --- batch: snapshots from many cameras in one task run ------------------------------------------------
+class SnapshotOutcome(BaseModel):
+    """What became of one camera of a harvest.
+
+    ``done``: every requested image downloaded (``raw``/``annotated`` hold the bytes and their timings).
+    ``rejected``: bad input, nothing sent. ``failed``: the request or a download failed (``error``,
+    ``error_status`` e.g. 409 for an offline device, ``retryable``); images already downloaded are kept.
+    """
+
+    index: int
+    device_uuid: str
+    status: Literal["done", "rejected", "failed"]
+    raw: Snapshot | None = None
+    annotated: Snapshot | None = None
+    requested_at: datetime | None = None
+    ready_at: datetime | None = None
+    seconds: float | None = None  # from sending the request to the last image's arrival
+    error: str | None = None
+    error_status: int | None = None
+    retryable: bool = False
+
+
+def _fail(outcome: SnapshotOutcome, exc: Exception, what: str) -> None:
+    """Record a failure (both images may fail: messages are joined)."""
+    text = redact(exc) if isinstance(exc, ApiError | InputError) else f"{type(exc).__name__}: {redact(exc)}"
+    outcome.status = "rejected" if isinstance(exc, InputError) else "failed"
+    outcome.error = "; ".join(filter(None, [outcome.error, f"{what}: {text}"]))
+    outcome.error_status = outcome.error_status or getattr(exc, "status", None)
+    outcome.retryable = outcome.retryable or bool(getattr(exc, "retryable", False))
+
+
+@task(name="viziosense-harvest-snapshots")
+async def harvest_viziosense_snapshots(
+    credentials: VizioSenseCredentials | str,
+    device_uuids: list[str],
+    concurrency: int = 16,
+    kinds: list[ImageKind] | None = None,
+    ready_after: float = IMAGE_READY_AFTER_S,
+    poll_interval: float = DEFAULT_POLL_INTERVAL_S,
+    timeout: float = DEFAULT_IMAGE_TIMEOUT_S,
+) -> list[SnapshotOutcome]:
+    """Take a snapshot on many cameras and download the images, in one task run and with one client.
+
+    1. requests an image from every camera, ``concurrency`` at a time;
+    2. waits once, until the last request's documented ready time (``ready_after``, 20 s);
+    3. downloads ``kinds`` (default raw and annotated) of every request, ``concurrency`` at a time, polling
+       links that are not served yet (``poll_interval``, up to ``timeout`` past the ready time).
+
+    Returns one outcome per input uuid, in input order; never raises for a single camera. Images are held in
+    memory (~0.3 MB each at 1280x720), so split very large fleets into batches of a few hundred cameras.
+
+    Example:
+        ```python
+        outcomes = await harvest_viziosense_snapshots("my-viziosense", [d.uuid for d in cameras])
+        done = [o for o in outcomes if o.status == "done"]
+        ```
+    """
+    kinds = list(kinds or ["raw", "annotated"])
+    if not set(kinds) <= {"raw", "annotated"}:
+        raise InputError("kinds", f"{kinds} not allowed", "raw and/or annotated")
+    check_image_wait(ready_after, poll_interval, timeout)
+    creds = await VizioSenseCredentials.resolve(credentials)
+    limit = asyncio.Semaphore(max(1, concurrency))
+    outcomes = [
+        SnapshotOutcome(index=i, device_uuid=str(u), status="done") for i, u in enumerate(device_uuids)
+    ]
+    first_index: dict[str, int] = {}
+    todo: list[SnapshotOutcome] = []
+    for outcome, uuid in zip(outcomes, device_uuids, strict=True):
+        if not isinstance(uuid, str):
+            outcome.status, outcome.error = (
+                "rejected",
+                f"device uuid must be a string, got {type(uuid).__name__}",
+            )
+        elif uuid in first_index:
+            outcome.status, outcome.error = "rejected", f"duplicate of item {first_index[uuid]}"
+        else:
+            first_index[uuid] = outcome.index
+            todo.append(outcome)
+
+    async with creds.get_client() as client:
+        requests = await asyncio.gather(*(_request_one(client, o, limit, ready_after) for o in todo))
+        pending = [(o, r) for o, r in zip(todo, requests, strict=True) if r is not None]
+        if pending:
+            wait = max(r.ready_at.timestamp() for _, r in pending) - client.clock.time()
+            if wait > 0:
+                await client.clock.sleep(wait)
+        await asyncio.gather(
+            *(
+                _download_one(client, o, r, kind, limit, poll_interval, timeout)
+                for o, r in pending
+                for kind in kinds
+            )
+        )
+    for outcome in outcomes:
+        if outcome.status == "done" and outcome.requested_at is not None:
+            fetched = [s.fetched_at for s in (outcome.raw, outcome.annotated) if s is not None]
+            outcome.seconds = (max(fetched) - outcome.requested_at).total_seconds() if fetched else None
+    return outcomes
+
+
+async def _request_one(
+    client: VizioSenseClient,
+    outcome: SnapshotOutcome,
+    limit: asyncio.Semaphore,
+    ready_after: float,
+) -> ImageRequest | None:
+    async with limit:
+        try:
+            request = await client.request_image(outcome.device_uuid, ready_after=ready_after)
+        except Exception as exc:  # one camera's problem never fails the batch
+            _fail(outcome, exc, "request_image")
+            return None
+    outcome.requested_at, outcome.ready_at = request.requested_at, request.ready_at
+    return request
+
+
+async def _download_one(
+    client: VizioSenseClient,
+    outcome: SnapshotOutcome,
+    request: ImageRequest,
+    kind: ImageKind,
+    limit: asyncio.Semaphore,
+    poll_interval: float,
+    timeout: float,
+) -> None:
+    async with limit:
+        try:
+            snapshot = await client.fetch_image(request, kind, poll_interval=poll_interval, timeout=timeout)
+        except Exception as exc:
+            _fail(outcome, exc, f"fetch_image({kind})")
+            return
+    setattr(outcome, kind, snapshot)
