@@ -6,7 +6,7 @@ import argparse
 import sys
 import traceback
 
-from . import miniviz_capacity  # noqa: F401  (registers its scenario)
+from . import micrio_migration, miniviz_capacity  # noqa: F401  (they register their scenarios)
 from .harness import SCENARIOS, write_results
 
 HEADLINE_KEYS = (

@@ -182,3 +182,49 @@ async def poll_micrio_images(credentials: Credentials, image_ids: list[str]) -> 
     creds = await MicrioCredentials.resolve(credentials)
     async with creds.get_client() as client:
         return await client.image_status(image_ids)
+
+
+@task(name="micrio-await-progress")
+async def await_micrio_progress(
+    credentials: Credentials,
+    folder_id: str,
+    image_ids: list[str],
+    min_finished: int = 100,
+    max_wait: float = 60.0,
+    poll_initial: float = 2.0,
+    poll_max: float = 15.0,
+) -> ImageStatusReport:
+    """Wait until at least ``min_finished`` of ``image_ids`` have left processing, then return their statuses.
+
+    Each round is ONE ``folder/status`` call (the cheap global view); ids no longer in ``processingIds``
+    have finished, and only those are asked about with ``image/status`` (≤ 100 ids a call), once each. So
+    a migration costs about one status call per 100 images plus one per round. Rounds back off from
+    ``poll_initial`` to ``poll_max`` seconds while nothing changes. Returns after ``max_wait`` seconds with
+    whatever finished (possibly nothing), so the flow can report progress.
+
+    Example:
+        ```python
+        report = await await_micrio_progress("my-micrio", "abcdef", in_flight_ids)
+        for image_id, status in report.statuses.items(): ...
+        ```
+    """
+    creds = await MicrioCredentials.resolve(credentials)
+    wanted = set(image_ids)
+    needed = max(1, min(min_finished, len(wanted)))
+    async with creds.get_client() as client:
+        clock = client.clock
+        started = clock.monotonic()
+        interval = poll_initial
+        finished: set[str] = set()
+        while wanted:
+            folder = await client.folder_status(folder_id)
+            newly = wanted - set(folder.processing_ids) - finished
+            finished |= newly
+            waited = clock.monotonic() - started
+            if len(finished) >= needed or (finished and waited + interval > max_wait):
+                break
+            if waited + interval > max_wait:
+                return ImageStatusReport()
+            interval = poll_initial if newly else min(poll_max, interval * 1.5)
+            await clock.sleep(interval)
+        return await client.image_status([i for i in image_ids if i in finished])

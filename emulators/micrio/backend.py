@@ -84,6 +84,17 @@ def without_query(url: str) -> str:
     return f"{base}?..." if sep else base
 
 
+_SIGNING_PARAMS = ("x-amz-", "x-goog-", "awsaccesskeyid", "signature", "expires")
+
+
+def source_identity(url: str) -> str:
+    """The source a URL names, without presigning parameters: the same object presigned twice is one source,
+    so adding it twice counts as a duplicate."""
+    parts = urlsplit(url)
+    kept = [pair for pair in parts.query.split("&") if pair and not pair.lower().startswith(_SIGNING_PARAMS)]
+    return parts._replace(query="&".join(kept), fragment="").geturl()
+
+
 def identify(data: io.IOBase | bytes) -> tuple[int, int] | None:
     """``(width, height)`` from the image header, or None when Pillow cannot identify it (Micrio: invalidImage)."""
     fp = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
@@ -372,7 +383,7 @@ class MicrioBackend(EmulatorBackend):
             self.received.accepted(
                 "image",
                 {"id": image.id, "folderId": folder.id, "name": name, "sourceUrl": without_query(src)},
-                dedup_key=(folder.id, src),
+                dedup_key=(folder.id, source_identity(src)),
             )
             out.append({"id": image.id, "name": name, "status": "queued"})
         return {"images": out}
@@ -491,7 +502,7 @@ class MicrioBackend(EmulatorBackend):
         """(stage, error) injected for this attempt: the first matching rule, else the random rate."""
         for i, rule in enumerate(self.rules):
             if rule.pattern.search(image.source_url) or rule.pattern.search(image.name):
-                key = (i, image.source_url)
+                key = (i, source_identity(image.source_url))  # the same object presigned again
                 self._attempts[key] += 1
                 if rule.times is None or self._attempts[key] <= rule.times:
                     return rule.stage, rule.error
