@@ -124,24 +124,26 @@ def micrio(emu: RunningEmulators) -> Iterator[str]:
     for i in range(3):
         s3.put_object(
             Bucket=s3c["bucket"],
-            Key=f"micrio-demo/photo-{i}.jpg",
+            Key=f"vendor-example/photo-{i}.jpg",
             Body=sample_jpeg(f"photo {i}", (1600, 1200)),
         )
         sources.append(
             {
                 "sourceUrl": s3.generate_presigned_url(
                     "get_object",
-                    Params={"Bucket": s3c["bucket"], "Key": f"micrio-demo/photo-{i}.jpg"},
+                    Params={"Bucket": s3c["bucket"], "Key": f"vendor-example/photo-{i}.jpg"},
                     ExpiresIn=3600,
                 )
             }
         )
-    s3.put_object(Bucket=s3c["bucket"], Key="micrio-demo/notes.txt", Body=b"not an image")
+    s3.put_object(Bucket=s3c["bucket"], Key="vendor-example/notes.txt", Body=b"not an image")
     sources.append(
         {
             "name": "notes",
             "sourceUrl": s3.generate_presigned_url(
-                "get_object", Params={"Bucket": s3c["bucket"], "Key": "micrio-demo/notes.txt"}, ExpiresIn=3600
+                "get_object",
+                Params={"Bucket": s3c["bucket"], "Key": "vendor-example/notes.txt"},
+                ExpiresIn=3600,
             ),
         }
     )

@@ -1,0 +1,40 @@
+"""Each flow run once on generated inputs; each returns the lines the demo prints."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from emulators.launcher import RunningEmulators
+
+from .setup import put_micrio_samples, save_demo_blocks
+
+
+async def micrio_migration(emu: RunningEmulators, demo_dir: Path, time_scale: float) -> list[str]:
+    from flows.micrio_migration import migrate_to_micrio
+
+    blocks = await save_demo_blocks(emu, time_scale)
+    source = put_micrio_samples(emu)
+    report = demo_dir / "reports" / "micrio-migration.csv"
+    summary = await migrate_to_micrio(
+        source=source,
+        micrio_block=blocks["micrio"],
+        s3_bucket_block=blocks["s3"],
+        folder_id=emu["micrio"].credentials["root_folder_id"],
+        batch_size=10,
+        journal=str(demo_dir / "state" / "micrio-migration.jsonl"),
+        report=str(report),
+        poll_initial_seconds=0.2,
+        poll_max_seconds=1.0,
+    )
+    return [
+        f"{summary.total} sources from {source}: {summary.done} ready, {summary.failed} failed, "
+        f"{summary.rejected} rejected (added this run: {summary.added_this_run}; a re-run resumes from the journal)",
+        f"report: {report}",
+        "artifacts: micrio-migration-summary, micrio-migration-failures, micrio-migration-progress",
+    ]
+
+
+FLOWS: dict[str, Callable[[RunningEmulators, Path, float], Awaitable[list[str]]]] = {
+    "Micrio migration (flows/micrio_migration.py)": micrio_migration,
+}

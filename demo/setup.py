@@ -1,0 +1,101 @@
+"""Demo blocks pointing at running emulators, and generated sample inputs."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import boto3
+from PIL import Image, ImageDraw
+from prefect_aws import AwsCredentials, S3Bucket
+from pydantic import SecretStr
+
+from blocks import HautCredentials, MicrioCredentials, MinivizCredentials, VizioSenseCredentials
+from emulators.launcher import RunningEmulators
+
+# The names prefect.yaml's deployments use by default.
+BLOCK_NAMES = {
+    "micrio": "micrio-demo",
+    "s3": "s3-demo",
+    "miniviz": "miniviz-demo",
+    "viziosense": "viziosense-demo",
+    "haut": "haut-demo",
+}
+
+
+async def save_demo_blocks(emu: RunningEmulators, time_scale: float = 1.0) -> dict[str, str]:
+    """Save one block per service, pointing at the emulators (rate intervals scaled like their clocks)."""
+    saved: dict[str, str] = {}
+    if "s3" in emu:
+        c = emu["s3"].credentials
+        aws = AwsCredentials(
+            aws_access_key_id=c["aws_access_key_id"],
+            aws_secret_access_key=SecretStr(c["aws_secret_access_key"]),
+            region_name=c["region_name"],
+            aws_client_parameters={"endpoint_url": emu["s3"].url},
+        )
+        await S3Bucket(bucket_name=c["bucket"], credentials=aws).asave(BLOCK_NAMES["s3"], overwrite=True)
+        saved["s3"] = BLOCK_NAMES["s3"]
+    if "micrio" in emu:
+        c = emu["micrio"].credentials
+        await MicrioCredentials(
+            organisation_id=c["organisation_id"], api_key=SecretStr(c["api_key"]), base_url=emu["micrio"].url
+        ).asave(BLOCK_NAMES["micrio"], overwrite=True)
+        saved["micrio"] = BLOCK_NAMES["micrio"]
+    if "miniviz" in emu:
+        p = emu["miniviz"].credentials["projects"][0]
+        await MinivizCredentials(
+            project_id=p["project_id"],
+            token=SecretStr(p["token"]),
+            plan=p["plan"],
+            base_url=emu["miniviz"].url,
+            data_interval_seconds=15 * time_scale,
+            image_interval_seconds=60 * time_scale,
+        ).asave(BLOCK_NAMES["miniviz"], overwrite=True)
+        saved["miniviz"] = BLOCK_NAMES["miniviz"]
+    if "viziosense" in emu:
+        c = emu["viziosense"].credentials
+        await VizioSenseCredentials(api_key=SecretStr(c["api_key"]), base_url=emu["viziosense"].url).asave(
+            BLOCK_NAMES["viziosense"], overwrite=True
+        )
+        saved["viziosense"] = BLOCK_NAMES["viziosense"]
+    if "haut" in emu:
+        c = emu["haut"].credentials
+        await HautCredentials(
+            company_id=c["company_id"], private_token=SecretStr(c["private_token"]), base_url=emu["haut"].url
+        ).asave(BLOCK_NAMES["haut"], overwrite=True)
+        saved["haut"] = BLOCK_NAMES["haut"]
+    return saved
+
+
+def s3_client(emu: RunningEmulators) -> Any:
+    c = emu["s3"].credentials
+    return boto3.client(
+        "s3",
+        endpoint_url=emu["s3"].url,
+        aws_access_key_id=c["aws_access_key_id"],
+        aws_secret_access_key=c["aws_secret_access_key"],
+        region_name=c["region_name"],
+    )
+
+
+def sample_photo(index: int, size: tuple[int, int] = (1600, 1200)) -> bytes:
+    """A distinct 'photo': a gradient with a few shapes and a caption."""
+    img = Image.linear_gradient("L").resize(size).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    for k in range(5):
+        x, y = (index * 97 + k * 211) % (size[0] - 200), (index * 53 + k * 131) % (size[1] - 200)
+        draw.ellipse((x, y, x + 180, y + 180), fill=((index * 40 + k * 60) % 256, 120, (k * 90) % 256))
+    draw.text((40, 40), f"archive photo #{index}", fill=(255, 255, 255))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def put_micrio_samples(emu: RunningEmulators, prefix: str = "micrio-demo/", count: int = 24) -> str:
+    """Sample photos (and one text file that is not an image) under an S3 prefix; returns its s3:// URI."""
+    s3, bucket = s3_client(emu), emu["s3"].credentials["bucket"]
+    for i in range(count):
+        s3.put_object(Bucket=bucket, Key=f"{prefix}photo-{i:03d}.jpg", Body=sample_photo(i))
+    s3.put_object(Bucket=bucket, Key=f"{prefix}scan-notes.jpg", Body=b"this 'jpg' is a text file")
+    return f"s3://{bucket}/{prefix}"
