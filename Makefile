@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench emulators clean
+.PHONY: install test lint format demo bench emulators up down clean
 
 # Re-install only when the dependency list changes; a second `make test` starts at once.
 $(STAMP): pyproject.toml
@@ -31,8 +31,14 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(SCENARIOS)
 
+up: $(STAMP)
+	$(BIN)/python -m demo.stack up
+
+down: $(STAMP)
+	$(BIN)/python -m demo.stack down
+
 emulators: $(STAMP)
 	$(BIN)/python -m emulators
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info .demo
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info .demo .run
