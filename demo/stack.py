@@ -143,7 +143,6 @@ def up() -> None:
 
 def _deployment_names() -> list[str]:
     import yaml
-
     from prefect.flows import load_flow_from_entrypoint
 
     names = []
