@@ -31,10 +31,16 @@ class ServiceCredentials(CredentialsBlock, ABC):
         description="HTTP clients used side by side; more help when many requests are in flight.",
     )
 
-    def http_settings(self, transport: httpx.AsyncBaseTransport | None = None) -> HttpSettings:
+    def http_settings(
+        self, transport: httpx.AsyncBaseTransport | None = None, retry_on_429: bool = True
+    ) -> HttpSettings:
+        """``retry_on_429=False``: a 429 fails at once (for callers that defer instead of waiting)."""
+        statuses = RetryPolicy.retry_statuses if retry_on_429 else RetryPolicy.retry_statuses - {429}
         return HttpSettings(
             timeout=httpx.Timeout(self.timeout_seconds, connect=min(10.0, self.timeout_seconds)),
-            retry=RetryPolicy(max_attempts=self.max_attempts, max_elapsed=self.max_retry_seconds),
+            retry=RetryPolicy(
+                max_attempts=self.max_attempts, max_elapsed=self.max_retry_seconds, retry_statuses=statuses
+            ),
             pool_size=self.parallel_connections,
             transport=transport,
         )

@@ -48,8 +48,14 @@ class MinivizCredentials(ServiceCredentials):
         default="header", description="Token in the Authorization header, or the legacy ?token= parameter."
     )
 
-    def get_client(self, transport: httpx.AsyncBaseTransport | None = None) -> MinivizClient:
-        """A new client; close it with ``await client.aclose()`` or use ``async with``."""
+    def get_client(
+        self, transport: httpx.AsyncBaseTransport | None = None, retry_on_429: bool = True
+    ) -> MinivizClient:
+        """A new client; close it with ``await client.aclose()`` or use ``async with``.
+
+        ``retry_on_429=False`` makes a 429 raise ``RateLimitedError`` at once, for callers that defer the item
+        rather than wait (the in-process pacing already keeps a lone client from ever seeing one).
+        """
         return MinivizClient(
             self.project_id,
             self.token.get_secret_value(),
@@ -58,5 +64,5 @@ class MinivizCredentials(ServiceCredentials):
             data_interval=self.data_interval_seconds,
             image_interval=self.image_interval_seconds,
             auth_mode=self.auth_mode,
-            settings=self.http_settings(transport),
+            settings=self.http_settings(transport, retry_on_429),
         )

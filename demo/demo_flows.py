@@ -35,6 +35,32 @@ async def micrio_migration(emu: RunningEmulators, demo_dir: Path, time_scale: fl
     ]
 
 
+async def snapshot_harvest(emu: RunningEmulators, demo_dir: Path, time_scale: float) -> list[str]:
+    from flows.snapshot_harvest import harvest_snapshots
+
+    blocks = await save_demo_blocks(emu, time_scale)
+    report = demo_dir / "reports" / "snapshot-harvest.csv"
+    summary = await harvest_snapshots(
+        viziosense_block=blocks["viziosense"],
+        s3_bucket_block=blocks["s3"],
+        miniviz_block=blocks["miniviz"],
+        ready_after_seconds=20 * time_scale,
+        poll_interval_seconds=0.2,
+        data_event_budget_seconds=60 * time_scale,
+        state=str(demo_dir / "state" / "snapshot-harvest.json"),
+        report=str(report),
+    )
+    return [
+        f"{summary.cameras} cameras: {summary.done} done, {summary.partial} partial, {summary.failed} failed, "
+        f"{summary.skipped} skipped (offline); {summary.originals_stored} originals in S3, "
+        f"{summary.images_pushed} fitted images pushed to Miniviz ({summary.images_deferred} deferred), "
+        f"{summary.data_events_sent} data events sent ({summary.data_events_deferred} deferred by the 15 s limit)",
+        f"report: {report}",
+        "artifacts: snapshot-harvest-summary, -cameras, -failures, -links (presigned links to the originals)",
+    ]
+
+
 FLOWS: dict[str, Callable[[RunningEmulators, Path, float], Awaitable[list[str]]]] = {
     "Micrio migration (flows/micrio_migration.py)": micrio_migration,
+    "Snapshot harvest (flows/snapshot_harvest.py)": snapshot_harvest,
 }

@@ -1,0 +1,254 @@
+"""tasks.harvest helpers without network or Prefect: label keys, S3 keys and metadata, selection, pacing state."""
+
+from __future__ import annotations
+
+import email.header
+import json
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from clients.errors import InputError
+from clients.miniviz import LABEL_KEY_RE, MAX_LABEL_KEY, MinivizClient
+from clients.viziosense import Device
+from tasks.harvest import (
+    DEFAULT_KEY_LAYOUT,
+    CameraResult,
+    PacingState,
+    assign_label_keys,
+    check_key_layout,
+    check_label_prefix,
+    data_payload,
+    decode_metadata_value,
+    label_key_for,
+    metadata_value,
+    name_matcher,
+    select_cameras,
+    slugify,
+    snapshot_key,
+    snapshot_metadata,
+    utc_stamp,
+)
+
+
+def device(uuid: str, name: str | None, online: int = 1, **kw) -> Device:
+    return Device(uuid=uuid, name=name, is_online=online, **kw)
+
+
+# --- label keys ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, slug",
+    [
+        ("Montreal Parking P1 Cam 01", "montreal-parking-p1-cam-01"),
+        ("Caméra Entrée Nord — Zürich", "camera-entree-nord-zurich"),
+        ("Straße/Øresund  Æble", "strasse-oresund-aeble"),
+        ("東京 カメラ", ""),
+        ("  --a..b__c--  ", "a..b__c"),
+        (None, ""),
+    ],
+)
+def test_slugify(text, slug):
+    assert slugify(text) == slug
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Montreal Parking P1 Cam 01",
+        "Caméra Entrée Nord — Zürich 東京",
+        "東京 カメラ",
+        "x" * 500,
+        "",
+        None,
+        "a/b:c@d",
+    ],
+)
+def test_label_key_is_allowed_bounded_and_stable(name):
+    key = label_key_for("5e2b1c7a-0000-4000-8000-000000000001", name)
+    assert LABEL_KEY_RE.match(key) and len(key) <= MAX_LABEL_KEY
+    assert key == label_key_for("5e2b1c7a-0000-4000-8000-000000000001", name)  # stable
+    with_prefix = label_key_for("5e2b1c7a-0000-4000-8000-000000000001", name, prefix="vzs/" + "p" * 28)
+    assert LABEL_KEY_RE.match(with_prefix) and len(with_prefix) <= MAX_LABEL_KEY
+
+
+def test_label_keys_examples():
+    assert label_key_for("u-1", "Caméra Entrée — Zürich").startswith("camera-entree-zurich-")
+    assert label_key_for("u-1", "東京").startswith("cam-")  # no usable characters: a generic slug + the hash
+    long = label_key_for("u-1", "Very long camera name " * 20)
+    assert len(long.rsplit("-", 1)[0]) <= 64  # the readable part is capped, the hash is always there
+
+
+def test_same_names_never_share_a_label_key():
+    devices = [device(f"uuid-{i}", "Parking P1 Cam") for i in range(2000)]
+    keys = assign_label_keys(devices)
+    assert len(set(keys.values())) == 2000
+    assert all(k.startswith("parking-p1-cam-") for k in keys.values())
+
+
+def test_a_short_hash_collision_is_resolved_with_a_longer_hash(monkeypatch):
+    import tasks.harvest as harvest
+
+    real = harvest.uuid_hash
+    monkeypatch.setattr(
+        harvest, "uuid_hash", lambda u, chars=13: "samehash" if chars == 13 else real(u, chars)
+    )
+    keys = assign_label_keys([device("a", "Cam"), device("b", "Cam"), device("c", "Other")])
+    assert keys["a"] != keys["b"] and len(keys["a"]) == len("cam-") + 26
+    assert keys["c"] == "other-samehash"  # no collision: the short form
+
+
+def test_label_source_and_prefix():
+    d = device("u-9", "Renamed Every Week", client_identifier="YARD-0009")
+    assert assign_label_keys([d], "client_identifier")["u-9"].startswith("yard-0009-")
+    assert assign_label_keys([d], "none", "vzs/")["u-9"].startswith("vzs/cam-")
+    with pytest.raises(InputError, match="label_prefix"):
+        check_label_prefix("bad prefix!")
+
+
+# --- S3 keys and metadata ------------------------------------------------------------------------------
+def test_default_key_layout():
+    at = datetime(2025, 1, 31, 12, 0, 5, 123456, tzinfo=UTC)
+    key = snapshot_key(DEFAULT_KEY_LAYOUT, prefix="snapshots", device_uuid="u-1", label_key="l", requested_at=at,
+                       kind="raw")  # fmt: skip
+    assert key == "snapshots/u-1/2025/01/31/20250131T120005.123Z_raw.jpg"
+    assert utc_stamp(at) == "20250131T120005.123Z"
+    # an empty prefix leaves no empty segment
+    assert snapshot_key(DEFAULT_KEY_LAYOUT, prefix="", device_uuid="u", label_key="l", requested_at=at,
+                        kind="annotated").startswith("u/2025/")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "layout, problem",
+    [
+        ("{prefix}/{device_uuid}/{timestamp}.jpg", "kind"),
+        ("{prefix}/{YYYY}/{timestamp}_{kind}.jpg", "camera"),
+        ("{prefix}/{device_uuid}/{kind}.jpg", "time"),
+        ("{prefix}/{camera}/{timestamp}_{kind}.jpg", "unknown placeholder"),
+        ("{prefix}/{device_uuid!r}/{timestamp}_{kind}", "unknown placeholder"),
+        ("{prefix/{device_uuid}", "not a valid template"),
+        ("", "non-empty"),
+    ],
+)
+def test_bad_key_layouts(layout, problem):
+    with pytest.raises(InputError, match=problem):
+        check_key_layout(layout)
+
+
+def test_metadata_values_are_ascii_and_reversible():
+    assert metadata_value("Montreal") == "Montreal"
+    name = "Caméra Entrée Nord — Zürich 東京"
+    encoded = metadata_value(name)
+    assert encoded.isascii() and encoded.startswith("=?UTF-8?B?")
+    assert decode_metadata_value(encoded) == name
+    assert str(email.header.make_header(email.header.decode_header(encoded))) == name  # standard RFC 2047
+    assert metadata_value("line\nbreak\x00") == "line break"
+    assert decode_metadata_value(metadata_value("=?looks encoded?=")) == "=?looks encoded?="
+    long = metadata_value("é" * 1000, 300)
+    assert len(long) <= 300 and decode_metadata_value(long) == "é" * len(decode_metadata_value(long))
+
+
+def test_snapshot_metadata_stays_within_s3_limits():
+    cam = CameraResult(index=0, device_uuid="u-1", device_name="名" * 1000, city="Zürich" * 100,
+                       country="Ελλάδα" * 100, label_key="l", requested_at=datetime.now(UTC))  # fmt: skip
+    meta = snapshot_metadata(cam, "raw")
+    assert all(v.isascii() for v in meta.values())
+    assert sum(len(k) + len(v) for k, v in meta.items()) <= 2048
+
+
+# --- selection -----------------------------------------------------------------------------------------
+FLEET = [
+    device("u-1", "Paris Parking P1 Cam 01"),
+    device("u-2", "Paris North Gate Cam 02", online=0, refreshed="2025-01-01T00:00:00Z"),
+    device("u-3", "Lyon Parking P2 Cam 03"),
+    device("u-4", "Lyon Truck Yard Cam 04"),
+]
+
+
+def test_glob_and_regex_name_patterns():
+    assert name_matcher("*parking*")("Lyon Parking P2 Cam 03")
+    assert not name_matcher("parking")("Lyon Parking P2")  # a glob matches the whole name
+    assert name_matcher("parking", "regex")("Lyon Parking P2")  # a regex searches
+    assert not name_matcher("^parking", "regex")("Lyon Parking P2")
+    with pytest.raises(InputError, match="not a valid regular expression"):
+        name_matcher("(", "regex")
+
+
+def test_select_online_by_default_and_report_offline():
+    rows = select_cameras(FLEET)
+    assert [(r.device_uuid, r.status) for r in rows] == [
+        ("u-1", "pending"), ("u-2", "skipped"), ("u-3", "pending"), ("u-4", "pending")]  # fmt: skip
+    assert "offline" in rows[1].reason and "2025-01-01" in rows[1].reason
+    assert [r.status for r in select_cameras(FLEET, online_only=False)] == ["pending"] * 4
+
+
+def test_select_by_pattern_and_uuids_reports_unknown_and_duplicates():
+    rows = select_cameras(FLEET, name_pattern="*parking*", device_uuids=["u-3", "u-4", "nope", "u-3"])
+    by = {(r.device_uuid, r.status): r.reason for r in rows}
+    assert ("u-3", "pending") in by
+    assert "does not match" in by[("u-4", "rejected")]
+    assert "unknown device" in by[("nope", "rejected")]
+    assert "duplicate" in by[("u-3", "rejected")]
+    assert [r.index for r in rows] == list(range(len(rows)))
+
+
+def test_label_keys_do_not_depend_on_the_filters():
+    everything = {r.device_uuid: r.label_key for r in select_cameras(FLEET, online_only=False)}
+    some = select_cameras(FLEET, device_uuids=["u-3"])
+    assert some[0].label_key == everything["u-3"]
+
+
+def test_data_payload_is_small_and_numeric():
+    cam = CameraResult(index=0, device_uuid="u", online=True, status="done", bytes_raw=280_000,
+                       bytes_after_fit=200_000, seconds_until_ready=20.4)  # fmt: skip
+    payload = data_payload(cam)
+    assert payload == {
+        "online": 1,
+        "ok": 1,
+        "bytes": 280_000,
+        "bytes_fitted": 200_000,
+        "seconds_until_ready": 20.4,
+    }
+    assert data_payload(CameraResult(index=0, device_uuid="u", online=False, status="skipped")) == {
+        "online": 0, "ok": 0, "bytes": 0}  # fmt: skip
+
+
+# --- pacing state --------------------------------------------------------------------------------------
+def test_pacing_state_round_trip_and_seeding(tmp_path):
+    path = tmp_path / "state" / "miniviz.json"
+    state = PacingState(str(path)).load()
+    assert state.labels == {} and state.load_problem is None
+    now = time.time()
+    state.mark("cam-a", "image", now - 10)  # 10 s ago: must wait 50 more
+    state.mark("cam-b", "image", now - 120)  # long ago: free
+    state.mark("cam-a", "data", now - 5)
+    state.save()
+    again = PacingState(str(path)).load()
+    assert again.last("cam-a", "image") == pytest.approx(now - 10)
+    assert again.project_data_at == pytest.approx(now - 5)
+    client = MinivizClient("p", "t", "http://127.0.0.1:9", plan="pro")
+    again.seed(client, ["cam-a", "cam-b", "cam-new"])
+    assert 49 < client.image_wait_time("cam-a") <= 50
+    assert client.image_wait_time("cam-b") == 0 and client.image_wait_time("cam-new") == 0
+    assert 9 < client.data_pacer.wait_time() <= 10  # Pro: 15 s per project
+
+
+def test_damaged_state_is_reported_not_fatal(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text("{not json")
+    state = PacingState(str(path)).load()
+    assert state.labels == {} and "damaged" in state.load_problem
+    path.write_text(json.dumps({"labels": {"x": {"image": 1.0}}}))
+    assert PacingState(str(path)).load().last("x", "image") == 1.0
+
+
+def test_miniviz_client_without_429_retries_keeps_other_retries():
+    from pydantic import SecretStr
+
+    from blocks import MinivizCredentials
+
+    client = MinivizCredentials(
+        project_id="p", token=SecretStr("t"), base_url="http://127.0.0.1:9"
+    ).get_client(retry_on_429=False)
+    assert 429 not in client.settings.retry.retry_statuses
+    assert {502, 503, 504} <= client.settings.retry.retry_statuses
