@@ -155,6 +155,7 @@ async def test_s3_prefix_into_a_created_album_resumes_into_the_same_album(emu, s
         create_folder_under=root,
         new_folder_name="Archive",
         new_folder_type="album",
+        journal=str(tmp_path / "journal.jsonl"),
         report=str(tmp_path / "r.parquet"),
         **blocks_saved,
         **FAST_POLL,
