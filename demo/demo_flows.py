@@ -7,7 +7,7 @@ from pathlib import Path
 
 from emulators.launcher import RunningEmulators
 
-from .setup import put_micrio_samples, save_demo_blocks
+from .setup import put_micrio_samples, put_selfie_samples, save_demo_blocks
 
 
 async def micrio_migration(emu: RunningEmulators, demo_dir: Path, time_scale: float) -> list[str]:
@@ -60,7 +60,34 @@ async def snapshot_harvest(emu: RunningEmulators, demo_dir: Path, time_scale: fl
     ]
 
 
+async def skin_analysis(emu: RunningEmulators, demo_dir: Path, time_scale: float) -> list[str]:
+    from flows.skin_analysis import skin_analysis as run_skin_analysis
+
+    blocks = await save_demo_blocks(emu, time_scale)
+    source = put_selfie_samples(emu)
+    reports = demo_dir / "reports"
+    summary = await run_skin_analysis(
+        source=source,
+        haut_block=blocks["haut"],
+        s3_bucket_block=blocks["s3"],
+        dataset_name="skin-demo",
+        api_version="v1",
+        poll_initial_delay=22 * time_scale,
+        poll_max_delay=0.5,
+        report=str(reports / "skin-analysis.csv"),
+        metrics_report=str(reports / "skin-metrics.csv"),
+        journal=str(demo_dir / "state" / "skin-analysis.jsonl"),
+    )
+    return [
+        f"{summary.images} images of {summary.subjects} subjects: {summary.done} analysed, "
+        f"{summary.rejected} rejected before upload, {summary.failed} failed",
+        f"reports: {summary.report} (one row per image) and {summary.metrics_report} (tidy metrics)",
+        "artifacts: skin-analysis-summary (mean/min/max per metric), -outcomes, -failures, -progress",
+    ]
+
+
 FLOWS: dict[str, Callable[[RunningEmulators, Path, float], Awaitable[list[str]]]] = {
     "Micrio migration (flows/micrio_migration.py)": micrio_migration,
     "Snapshot harvest (flows/snapshot_harvest.py)": snapshot_harvest,
+    "Skin analysis (flows/skin_analysis.py)": skin_analysis,
 }

@@ -99,3 +99,32 @@ def put_micrio_samples(emu: RunningEmulators, prefix: str = "micrio-demo/", coun
         s3.put_object(Bucket=bucket, Key=f"{prefix}photo-{i:03d}.jpg", Body=sample_photo(i))
     s3.put_object(Bucket=bucket, Key=f"{prefix}scan-notes.jpg", Body=b"this 'jpg' is a text file")
     return f"s3://{bucket}/{prefix}"
+
+
+def sample_selfie(seed: int, size: int = 768) -> bytes:
+    """A face-like selfie (skin-toned oval, eyes, brows, nose, mouth); ``seed`` varies tones and features."""
+    img = Image.new("RGB", (size, size), (225, 230 - seed, 235))
+    d = ImageDraw.Draw(img)
+    k = size / 512
+    d.ellipse((106 * k, 56 * k, 406 * k, 456 * k), fill=(224, 172 - 3 * seed, 138))
+    for x in (190, 322):
+        d.ellipse(((x - 28) * k, 200 * k, (x + 28) * k, 232 * k), fill=(255, 255, 255))
+        d.ellipse(((x - 10) * k, 206 * k, (x + 10) * k, 226 * k), fill=(70, 45, 30))
+        d.line(((x - 34) * k, 180 * k, (x + 34) * k, (174 - seed) * k), fill=(90, 60, 40), width=6)
+    d.polygon([(256 * k, 230 * k), (236 * k, 310 * k), (276 * k, 310 * k)], fill=(205, 150, 120))
+    d.chord((196 * k, 330 * k, 316 * k, 400 * k), 0, 180, fill=(170, 60, 70))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def put_selfie_samples(emu: RunningEmulators, prefix: str = "selfies/", subjects: int = 4) -> str:
+    """Selfies in one folder per subject, plus a thumbnail too small and a 'photo' that is not an image."""
+    s3, bucket = s3_client(emu), emu["s3"].credentials["bucket"]
+    for i in range(subjects):
+        s3.put_object(Bucket=bucket, Key=f"{prefix}subject-{i:02d}/front.jpg", Body=sample_selfie(i))
+    small = io.BytesIO()
+    Image.new("RGB", (120, 120), (200, 160, 140)).save(small, "JPEG")
+    s3.put_object(Bucket=bucket, Key=f"{prefix}subject-00/thumbnail.jpg", Body=small.getvalue())
+    s3.put_object(Bucket=bucket, Key=f"{prefix}subject-01/notes.jpg", Body=b"not really a jpeg")
+    return f"s3://{bucket}/{prefix}"

@@ -15,7 +15,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 
-from demo.setup import put_micrio_samples, save_demo_blocks
+from demo.setup import put_micrio_samples, put_selfie_samples, save_demo_blocks
 from emulators.launcher import running_emulators
 
 pytestmark = pytest.mark.integration
@@ -38,6 +38,7 @@ def stack(prefect_harness, tmp_path_factory):
 
         asyncio.run(save_demo_blocks(emu, TIME_SCALE))
         put_micrio_samples(emu, count=6)
+        put_selfie_samples(emu, subjects=3)
         cli("work-pool", "create", "local-process", "--type", "process", "--overwrite")
         cli("--no-prompt", "deploy", "--all")
         logs = tmp_path_factory.mktemp("worker") / "worker.log"
@@ -112,3 +113,23 @@ async def test_snapshot_harvest_deployment(stack, tmp_path):
     assert report.read_text().count(",done,") == 11
     assert "snapshot-harvest-summary" in await artifacts_of(flow_run.id)
     assert emu["miniviz"].received()["accepted"]["image"] == 11
+
+
+async def test_skin_analysis_deployment(stack, tmp_path):
+    emu, logs = stack
+    report = tmp_path / "skin.csv"
+    flow_run = await run(
+        "skin-analysis/skin-analysis",
+        {
+            "poll_initial_delay": 22 * TIME_SCALE,
+            "poll_max_delay": 0.2,
+            "report": str(report),
+            "metrics_report": str(tmp_path / "metrics.csv"),
+            "journal": str(tmp_path / "skin.jsonl"),
+        },
+        logs,
+    )
+    rows = report.read_text().splitlines()
+    assert len(rows) == 1 + 5  # 3 selfies, a thumbnail too small, a file that is not an image
+    assert "skin-analysis-summary" in await artifacts_of(flow_run.id)
+    assert emu["haut"].received()["duplicates"] == {}
