@@ -6,7 +6,7 @@ import argparse
 import sys
 import traceback
 
-from . import micrio_migration, miniviz_capacity  # noqa: F401  (they register their scenarios)
+from . import micrio_migration, miniviz_capacity, skin_analysis, snapshot_harvest  # noqa: F401  (they register their scenarios)
 from .harness import SCENARIOS, write_results
 
 HEADLINE_KEYS = (

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from emulators.launcher import RunningEmulators
 
-from .setup import put_micrio_samples, put_selfie_samples, save_demo_blocks
+from .setup import put_history_sample, put_micrio_samples, put_selfie_samples, save_demo_blocks
 
 
 async def micrio_migration(emu: RunningEmulators, demo_dir: Path, time_scale: float) -> list[str]:
@@ -86,8 +86,39 @@ async def skin_analysis(emu: RunningEmulators, demo_dir: Path, time_scale: float
     ]
 
 
+async def miniviz_backfill(emu: RunningEmulators, demo_dir: Path, time_scale: float) -> list[str]:
+    from flows.miniviz_backfill import miniviz_backfill as run_backfill
+
+    blocks = await save_demo_blocks(emu, time_scale)
+    source = put_history_sample(emu)
+    reports = demo_dir / "reports"
+    common = dict(
+        source=source,
+        miniviz_block=blocks["miniviz"],
+        s3_bucket_block=blocks["s3"],
+        resample="30min",
+        journal=str(demo_dir / "state" / "miniviz-backfill.jsonl"),
+    )
+    plan = await run_backfill(
+        **common, dry_run=True, data_interval_seconds=15.0, report=str(reports / "miniviz-backfill-plan.csv")
+    )
+    summary = await run_backfill(
+        **common,
+        report=str(reports / "miniviz-backfill.csv"),
+        dead_letter=str(reports / "miniviz-backfill-rejected.csv"),
+    )
+    return [
+        f"plan (dry run, nothing sent): {plan.rows} rows -> {plan.events} events, {plan.rows_rejected} rows rejected "
+        f"{plan.rejected_by_reason}; at the real Pro rate that takes {plan.estimated_seconds / 60:.0f} min",
+        f"sent, paced at the project's interval (15 s emulated, {15 * time_scale:.2f} s here): "
+        f"{summary.events_sent} events sent, {summary.events_failed} failed",
+        f"reports: {reports / 'miniviz-backfill.csv'}; rejected rows: {reports / 'miniviz-backfill-rejected.csv'}",
+    ]
+
+
 FLOWS: dict[str, Callable[[RunningEmulators, Path, float], Awaitable[list[str]]]] = {
     "Micrio migration (flows/micrio_migration.py)": micrio_migration,
     "Snapshot harvest (flows/snapshot_harvest.py)": snapshot_harvest,
     "Skin analysis (flows/skin_analysis.py)": skin_analysis,
+    "Miniviz backfill (flows/miniviz_backfill.py)": miniviz_backfill,
 }

@@ -128,3 +128,31 @@ def put_selfie_samples(emu: RunningEmulators, prefix: str = "selfies/", subjects
     s3.put_object(Bucket=bucket, Key=f"{prefix}subject-00/thumbnail.jpg", Body=small.getvalue())
     s3.put_object(Bucket=bucket, Key=f"{prefix}subject-01/notes.jpg", Body=b"not really a jpeg")
     return f"s3://{bucket}/{prefix}"
+
+
+def put_history_sample(emu: RunningEmulators, key: str = "history/greenhouse.csv", hours: int = 6) -> str:
+    """Sensor history: 3 greenhouses, one reading every 5 minutes, a few bad rows; returns its s3:// URI."""
+    import numpy as np
+    import pandas as pd
+
+    times = pd.date_range("2026-01-01", periods=hours * 12, freq="5min", tz="UTC")
+    frames = []
+    for n, label in enumerate(("greenhouse 1", "greenhouse-2", "Serre Nord")):
+        frames.append(
+            pd.DataFrame(
+                {
+                    "timestamp": times.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "label_key": label,
+                    "temperature": (20 + n + np.sin(np.arange(len(times)) / 6)).round(2),
+                    "humidity": (50 + 5 * np.cos(np.arange(len(times)) / 9)).round(1),
+                    "vent_open": pd.Series(np.arange(len(times)) % 7 == 0, dtype=object),
+                }
+            )
+        )
+    df = pd.concat(frames, ignore_index=True)
+    df.loc[3, "timestamp"] = "not a time"
+    df.loc[10, ["temperature", "humidity"]] = float("nan")
+    df.loc[10, "vent_open"] = None
+    bucket = emu["s3"].credentials["bucket"]
+    s3_client(emu).put_object(Bucket=bucket, Key=key, Body=df.to_csv(index=False).encode())
+    return f"s3://{bucket}/{key}"

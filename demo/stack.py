@@ -157,7 +157,7 @@ def _save_blocks_and_inputs() -> None:
     from emulators.launcher import RunningEmulators, RunningService
     from emulators.registry import DEFAULT_PORTS, service_config, service_module
 
-    from .setup import put_micrio_samples, put_selfie_samples, save_demo_blocks
+    from .setup import put_history_sample, put_micrio_samples, put_selfie_samples, save_demo_blocks
 
     services = {
         name: RunningService(
@@ -169,6 +169,7 @@ def _save_blocks_and_inputs() -> None:
     asyncio.run(save_demo_blocks(emu, TIME_SCALE))
     put_micrio_samples(emu)
     put_selfie_samples(emu)
+    put_history_sample(emu)
 
 
 def down() -> None:

@@ -15,7 +15,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL
 
-from demo.setup import put_micrio_samples, put_selfie_samples, save_demo_blocks
+from demo.setup import put_history_sample, put_micrio_samples, put_selfie_samples, save_demo_blocks
 from emulators.launcher import running_emulators
 
 pytestmark = pytest.mark.integration
@@ -39,6 +39,7 @@ def stack(prefect_harness, tmp_path_factory):
         asyncio.run(save_demo_blocks(emu, TIME_SCALE))
         put_micrio_samples(emu, count=6)
         put_selfie_samples(emu, subjects=3)
+        put_history_sample(emu, hours=1)
         cli("work-pool", "create", "local-process", "--type", "process", "--overwrite")
         cli("--no-prompt", "deploy", "--all")
         logs = tmp_path_factory.mktemp("worker") / "worker.log"
@@ -133,3 +134,22 @@ async def test_skin_analysis_deployment(stack, tmp_path):
     assert len(rows) == 1 + 5  # 3 selfies, a thumbnail too small, a file that is not an image
     assert "skin-analysis-summary" in await artifacts_of(flow_run.id)
     assert emu["haut"].received()["duplicates"] == {}
+
+
+async def test_miniviz_backfill_deployment(stack, tmp_path):
+    emu, logs = stack
+    report = tmp_path / "backfill.csv"
+    flow_run = await run(
+        "miniviz-backfill/miniviz-backfill",
+        {
+            "dry_run": False,
+            "journal": str(tmp_path / "backfill.jsonl"),
+            "report": str(report),
+            "dead_letter": str(tmp_path / "rejected.csv"),
+        },
+        logs,
+    )
+    assert report.exists() and (tmp_path / "rejected.csv").read_text().count("\n") >= 2
+    assert "miniviz-backfill-summary" in await artifacts_of(flow_run.id)
+    got = emu["miniviz"].received()
+    assert got["accepted"]["data"] >= 6 and got["duplicates"] == {} and "429" not in got["rejected_by_status"]

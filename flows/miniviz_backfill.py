@@ -1,0 +1,656 @@
+"""Flow: backfill historical measurements from CSV/Parquet files into Miniviz (issue 6).
+
+Two passes over the input, both streamed chunk by chunk (memory stays flat whatever the size):
+
+1. **Plan** (one task, ``miniviz-backfill-scan``): transform every row, count events and rejections per file and
+   label, write rejected rows to the dead-letter file, read the journal to see what is already sent, and
+   publish the plan artifact (events, rejections by reason, estimated time at the rate limit). ``dry_run=True``
+   stops here: nothing is sent.
+2. **Send** (one task per batch of ``batch_size`` events, ``miniviz-backfill-send-batch``): the same
+   deterministic transform again, skipping the events the journal shows as sent, through one shared Miniviz
+   client: paced at the project's interval (the next request one interval after the previous finished, so no
+   429), or ``concurrency`` requests at once over several HTTP clients when the interval is 0.
+
+Resuming: every event of a file has a number (``seq``) fixed by the file and the transform parameters. An
+acknowledged event is journaled (``{"t": "sent", "f": <file>, "r": [[start, end)]}``, group-committed, fsynced)
+before its concurrency slot is released, so a crash (even ``kill -9``) loses no row, and re-sends at most the
+events in flight at that instant: at most ``concurrency`` with no rate limit, at most 1 when paced. The
+journal also pins each file's size and mtime (or ETag): a file that changed is refused rather than resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import math
+import time
+from collections import Counter
+from typing import Annotated, Any, Literal
+
+import pandas as pd
+from prefect import flow, get_run_logger
+from prefect.utilities.annotations import quote
+from prefect_aws.s3 import S3Bucket
+from pydantic import BaseModel, Field
+
+from blocks.miniviz import MinivizCredentials
+from clients.errors import InputError
+from clients.miniviz import DATA_INTERVAL_S
+from tasks.backfill import (
+    REASONS,
+    BackfillSender,
+    BackfillSpec,
+    DeadLetterWriter,
+    Event,
+    LabelMapper,
+    ScanProgress,
+    SentIndex,
+    Tally,
+    datetime_to_ms,
+    estimate_seconds,
+    file_id,
+    format_duration,
+    iter_pending_batches,
+    resample_milliseconds,
+    scan_backfill,
+    send_backfill_batch,
+)
+from tasks.journal import Journal
+from tasks.reports import MAX_MARKDOWN_ITEMS, Progress, publish_markdown, publish_table
+from tasks.storage import resolve_s3_client
+from tasks.tables import list_sources, write_table
+
+FLOW_NAME = "miniviz-backfill"
+STATE_DIR = ".pipeline-state/miniviz-backfill"
+PROGRESS_EVERY_SECONDS = 2.0
+MAX_SUMMARY_ROWS = 500
+
+
+class BackfillSummary(BaseModel):
+    """What a backfill run did (or, with ``dry_run``, would do)."""
+
+    dry_run: bool
+    files: int
+    files_failed: int
+    rows: int
+    rows_rejected: int
+    rows_out_of_range: int
+    rows_split: int
+    events: int
+    events_already_sent: int
+    events_to_send: int
+    events_sent: int
+    events_failed: int
+    rejected_by_reason: dict[str, int]
+    interval_seconds: float
+    estimated_seconds: float | None
+    report: str
+    dead_letter: str
+    journal: str
+
+
+@flow(name=FLOW_NAME, log_prints=False)
+async def miniviz_backfill(
+    source: str = "data/history/*.csv",
+    miniviz_block: str = "miniviz-demo",
+    timestamp_column: str = "timestamp",
+    timestamp_unit: Literal["auto", "iso", "s", "ms", "us", "ns"] = "auto",
+    timezone: str = "UTC",
+    label_column: str | None = "label_key",
+    label_key: str | None = None,
+    metrics: list[str] | None = None,
+    rename: dict[str, str] | None = None,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    resample: str | None = None,
+    resample_how: Literal["mean", "median", "min", "max", "sum", "first", "last"] = "mean",
+    oversize: Literal["split", "reject"] = "split",
+    dry_run: bool = False,
+    data_interval_seconds: Annotated[float, Field(ge=0)] | None = None,
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 16,
+    parallel_connections: Annotated[int, Field(ge=1, le=32)] | None = None,
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000,
+    chunk_rows: Annotated[int, Field(ge=100, le=1_000_000)] = 20_000,
+    journal: str | None = None,
+    report: str | None = None,
+    dead_letter: str | None = None,
+    s3_bucket_block: str | None = None,
+) -> BackfillSummary:
+    """Backfill historical measurements (CSV or Parquet) into a Miniviz project, paced and resumable.
+
+    Args:
+        source: Input: a CSV/Parquet file, a glob (`data/*.parquet`), a directory, or an `s3://bucket/prefix/`.
+        miniviz_block: Name of the saved Miniviz Credentials block (project, token, plan, data interval).
+        timestamp_column: Column holding the time of each row.
+        timestamp_unit: `auto` (ISO 8601 text, or epoch numbers whose unit is read from their size), `iso`, or
+            an epoch unit: `s`, `ms`, `us`, `ns`.
+        timezone: Time zone of naive times (no offset), e.g. `Europe/Paris`; times with an offset keep it.
+        label_column: Column naming the device/location of each row; mapped into Miniviz's label characters.
+        label_key: One fixed label for every row instead of a label column.
+        metrics: Columns to send as payload keys; empty sends every column but the timestamp and label.
+        rename: Payload key for a column, e.g. `{"temp_c": "temperature"}`.
+        start: Send only rows at or after this time (naive: in `timezone`).
+        end: Send only rows before this time (naive: in `timezone`).
+        resample: Aggregate into fixed buckets per label, e.g. `15min` or `1h`, so a backfill fits the rate
+            limit; empty sends every row. Assumes each label's rows are in time order within a file.
+        resample_how: Aggregation of numeric metrics in a bucket (text metrics take the last value).
+        oversize: Rows over 8 metrics or 400 bytes: `split` into several events (same label and time) or
+            `reject` them to the dead-letter file.
+        dry_run: Plan only: count events and rejections and estimate the time; send nothing.
+        data_interval_seconds: Seconds between events; empty uses the block's setting or the plan's documented
+            interval (Pro 15 s, Free 60 s); 0 = no rate limit (self-hosted endpoint, emulator).
+        concurrency: Events in flight at once when there is no rate limit (paced runs send one at a time);
+            also the most events a crash can make a re-run send twice.
+        parallel_connections: HTTP clients to spread concurrent requests over; empty: one per 4 in flight.
+        batch_size: Events per send task run.
+        chunk_rows: Rows read and transformed at a time (memory), also part of the resume key when resampling.
+        journal: Where progress is journaled (local path or `s3://bucket/prefix/`); empty: a file under
+            `.pipeline-state/miniviz-backfill/` keyed by the source, project and transform parameters.
+        report: Report file (per file and label), `.csv` or `.parquet`, local or `s3://`; empty:
+            `reports/miniviz-backfill-<UTC time>.csv`.
+        dead_letter: CSV of rejected rows and failed events with the reason, local or `s3://`; empty: next to
+            the report, ending in `-dead-letter.csv`.
+        s3_bucket_block: Name of a saved S3Bucket block whose credentials reach the `s3://` paths (endpoint URL
+            for a local S3); empty uses boto3's default credentials.
+    """
+    logger = get_run_logger()
+    spec = BackfillSpec(
+        timestamp_column=timestamp_column,
+        timestamp_unit=timestamp_unit,
+        timezone=timezone,
+        label_column=label_column if label_key is None else None,
+        label_key=label_key,
+        metrics=tuple(metrics) if metrics else None,
+        rename=tuple(sorted((rename or {}).items())),
+        start_ms=None,
+        end_ms=None,
+        oversize=oversize,
+        resample_ms=resample_milliseconds(resample),
+        resample_how=resample_how,
+    )
+    spec.check()  # timezone first: the time range needs it
+    spec = BackfillSpec(
+        **{
+            **spec.__dict__,
+            "start_ms": datetime_to_ms(start, timezone),
+            "end_ms": datetime_to_ms(end, timezone),
+        }
+    ).check()
+
+    creds = await MinivizCredentials.resolve(miniviz_block)
+    updates: dict[str, Any] = {}
+    if data_interval_seconds is not None:
+        updates["data_interval_seconds"] = data_interval_seconds
+    interval = (
+        data_interval_seconds
+        if data_interval_seconds is not None
+        else creds.data_interval_seconds
+        if creds.data_interval_seconds is not None
+        else DATA_INTERVAL_S[creds.plan]
+    )
+    # paced: one event at a time (the client's pacer allows no more), so a crash re-sends at most one
+    in_flight = 1 if interval > 0 else concurrency
+    updates["parallel_connections"] = parallel_connections or max(
+        creds.parallel_connections, math.ceil(in_flight / 4)
+    )
+    creds = creds.model_copy(update=updates)
+
+    s3_client = None
+    if s3_bucket_block:
+        s3_client = resolve_s3_client(await S3Bucket.aload(s3_bucket_block))
+    elif any(p and p.startswith("s3://") for p in (source, journal, report, dead_letter)):
+        import boto3
+
+        s3_client = boto3.client("s3")
+
+    resume_key = _resume_key(source, creds, spec, chunk_rows)
+    journal_location = journal or f"{STATE_DIR}/{resume_key}.jsonl"
+    log = Journal(journal_location, s3_client)
+    sent = await asyncio.to_thread(SentIndex.load, log)
+    if sent.specs and spec.fingerprint() not in sent.specs:
+        raise InputError(
+            "journal",
+            f"{journal_location} was written for other transform parameters",
+            "use the same parameters to resume, or another journal",
+        )
+    files = await asyncio.to_thread(list_sources, source, s3_client)
+    if not files:
+        raise InputError(
+            "source", f"{source!r} matches no file", "a CSV/Parquet file, glob, directory or s3:// prefix"
+        )
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    report_location = report or f"reports/{FLOW_NAME}-{stamp}.csv"
+    dead_letter_location = dead_letter or _beside(report_location, "-dead-letter.csv")
+    dead_letters = DeadLetterWriter(dead_letter_location, s3_client)
+    logger.info(
+        "Backfill of %d file(s) from %s into Miniviz project %s (%s plan): %s; journal %s",
+        len(files),
+        source,
+        creds.project_id,
+        creds.plan,
+        "dry run" if dry_run else f"interval {interval:g} s" if interval else f"{in_flight} in flight",
+        journal_location,
+    )
+
+    progress = ScanProgress()
+    progress_artifact = Progress(f"{FLOW_NAME}-progress", "Miniviz backfill")
+    reporter = asyncio.create_task(_report_progress(progress, progress_artifact, interval))
+    labels = LabelMapper()
+    failures: list[dict[str, Any]] = []
+    tally = Tally()
+    to_send = 0
+    try:
+        tally, fingerprints = await scan_backfill(
+            files, spec, chunk_rows, sent, dead_letters, s3_client, labels, progress
+        )
+        to_send = tally.total("events") - tally.total("already_sent")
+        progress.to_send = to_send
+        estimate = estimate_seconds(to_send, interval)
+        await publish_markdown(
+            f"{FLOW_NAME}-plan",
+            _plan_markdown(source, creds, tally, labels, to_send, interval, dry_run),
+            "Miniviz backfill plan: events, rejected rows, estimated time",
+        )
+        logger.info(
+            "Plan: %d rows -> %d events (%d already sent, %d to send), %d rows rejected, %d out of range; "
+            "estimated %s",
+            tally.total("rows"),
+            tally.total("events"),
+            tally.total("already_sent"),
+            to_send,
+            tally.total("rejected_rows"),
+            tally.total("out_of_range_rows"),
+            format_duration(estimate) if estimate is not None else "n/a (no rate limit)",
+        )
+        if not dry_run and to_send:
+            progress.phase = "sending"
+            progress.send_started = time.monotonic()
+            pending_files = [f for f in files if f in fingerprints and file_id(f) not in sent.done]
+            await _send_all(
+                pending_files,
+                spec,
+                chunk_rows,
+                sent,
+                batch_size,
+                s3_client,
+                creds,
+                in_flight,
+                log,
+                fingerprints,
+                tally,
+                dead_letters,
+                failures,
+                progress,
+            )
+    finally:
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+        await asyncio.to_thread(dead_letters.close)
+        report_df = _report_frame(tally, dry_run)
+        await asyncio.to_thread(write_table, report_df, report_location, s3_client)
+        await _publish_outcome(tally, report_df, failures, progress, progress_artifact, dry_run)
+
+    summary = BackfillSummary(
+        dry_run=dry_run,
+        files=len(files),
+        files_failed=len(tally.file_errors),
+        rows=tally.total("rows"),
+        rows_rejected=tally.total("rejected_rows"),
+        rows_out_of_range=tally.total("out_of_range_rows"),
+        rows_split=tally.total("split_rows"),
+        events=tally.total("events"),
+        events_already_sent=tally.total("already_sent"),
+        events_to_send=to_send,
+        events_sent=tally.total("sent"),
+        events_failed=tally.total("failed"),
+        rejected_by_reason=dict(tally.reasons.most_common()),
+        interval_seconds=interval,
+        estimated_seconds=estimate_seconds(to_send, interval),
+        report=report_location,
+        dead_letter=dead_letter_location,
+        journal=journal_location,
+    )
+    logger.info(
+        "Backfill %s: %d sent, %d failed, %d already sent before; report %s, dead letters %s",
+        "planned" if dry_run else "finished",
+        summary.events_sent,
+        summary.events_failed,
+        summary.events_already_sent,
+        report_location,
+        dead_letter_location,
+    )
+    return summary
+
+
+async def _send_all(
+    files: list[str],
+    spec: BackfillSpec,
+    chunk_rows: int,
+    sent: SentIndex,
+    batch_size: int,
+    s3_client: Any,
+    creds: MinivizCredentials,
+    in_flight: int,
+    log: Journal,
+    fingerprints: dict[str, dict[str, Any]],
+    tally: Tally,
+    dead_letters: DeadLetterWriter,
+    failures: list[dict[str, Any]],
+    progress: ScanProgress,
+) -> None:
+    """Producer (transform in a worker thread) -> queue of batches -> one send task per batch."""
+    batches = iter_pending_batches(files, spec, chunk_rows, sent, batch_size, s3_client)
+    queue: asyncio.Queue = asyncio.Queue(maxsize=2)  # bounded: at most ~3 batches in memory
+
+    async def produce() -> None:
+        while True:
+            item = await asyncio.to_thread(next, batches, None)
+            await queue.put(item)
+            if item is None:
+                return
+
+    async def consume(sender: BackfillSender) -> None:
+        await asyncio.to_thread(sender.record, {"t": "run", "spec": spec.fingerprint(), "at": _now_iso()})
+        failed_in_file: Counter[str] = Counter()
+        running: list[tuple[str, asyncio.Task]] = []  # two batches overlap: no drain at batch boundaries
+
+        async def finish_oldest() -> None:
+            path, batch_task = running.pop(0)
+            outcome = await batch_task
+            for label, n in outcome.sent_by_label.items():
+                tally.cell(path, label)["sent"] += n
+            for event, error in outcome.failed:
+                _record_failure(path, event, error, tally, dead_letters, failures)
+            failed_in_file[path] += len(outcome.failed)
+
+        try:
+            while (item := await queue.get()) is not None:
+                path, events, last = item
+                fid = file_id(path)
+                if fid not in sent.fingerprints:
+                    await asyncio.to_thread(
+                        sender.record, {"t": "file", "f": fid, "path": path, "fp": fingerprints[path]}
+                    )
+                    sent.fingerprints[fid] = fingerprints[path]
+                if events:  # quote: Prefect would otherwise walk every event looking for futures
+                    running.append(
+                        (path, asyncio.create_task(send_backfill_batch(sender, fid, quote(events))))
+                    )
+                    if len(running) > 1:
+                        await finish_oldest()
+                if last:
+                    while running:
+                        await finish_oldest()
+                    if not failed_in_file[path]:
+                        await asyncio.to_thread(sender.record, {"t": "file_done", "f": fid})
+        finally:
+            for _, batch_task in running:
+                batch_task.cancel()
+            for _, batch_task in running:
+                with contextlib.suppress(BaseException):
+                    await batch_task
+
+    async with creds.get_client() as client:
+        sender = BackfillSender(client, log, in_flight, progress=progress)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(produce())
+                group.create_task(consume(sender))
+        except BaseExceptionGroup as group_error:
+            raise _first_error(group_error) from None
+        finally:
+            await sender.aclose()
+
+
+def _first_error(error: BaseException) -> BaseException:
+    """The exception that stopped sending, out of (nested) exception groups."""
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+def _record_failure(
+    path: str,
+    event: Event,
+    error: str,
+    tally: Tally,
+    dead_letters: DeadLetterWriter,
+    failures: list[dict[str, Any]],
+) -> None:
+    tally.cell(path, event.label_key)["failed"] += 1
+    dead_letters.failed(path, event, error)
+    if len(failures) < MAX_MARKDOWN_ITEMS:
+        failures.append(
+            {
+                "source": path,
+                "row": event.row,
+                "label_key": event.label_key,
+                "timestamp": event.timestamp,
+                "error": error,
+            }
+        )
+
+
+# --- parameters, keys, paths ----------------------------------------------------------------------------
+
+
+def _resume_key(source: str, creds: MinivizCredentials, spec: BackfillSpec, chunk_rows: int) -> str:
+    """Stable key of (input, target project, transform): the default journal name."""
+    data = {
+        "source": source,
+        "project_id": creds.project_id,
+        "base_url": creds.base_url,
+        "spec": spec.fingerprint(),
+        # resampled buckets are emitted per chunk, so the event order depends on the chunk size
+        "chunk_rows": chunk_rows if spec.resample_ms else None,
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _beside(location: str, suffix: str) -> str:
+    base, _, ext = location.rpartition(".")
+    return f"{base}{suffix}" if base and "/" not in ext else f"{location}{suffix}"
+
+
+def _now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+# --- reports and artifacts ------------------------------------------------------------------------------
+
+
+def _report_frame(tally: Tally, dry_run: bool) -> pd.DataFrame:
+    rows = []
+    for (source, label), c in sorted(tally.by_label.items()):
+        to_send = c["events"] - c["already_sent"]
+        if source in tally.file_errors:
+            status = "failed"
+        elif c["failed"]:
+            status = "partial"
+        elif not c["events"]:
+            status = "rejected" if c["rejected_rows"] else "out_of_range" if c["out_of_range_rows"] else ""
+        elif dry_run:
+            status = "planned" if to_send else "done"
+        else:
+            status = "done" if c["sent"] + c["already_sent"] == c["events"] else "pending"
+        rows.append(
+            {
+                "source": source,
+                "label_key": label,
+                "status": status,
+                **{f: c[f] for f in Tally.FIELDS},
+                "to_send": to_send,
+                "error": tally.file_errors.get(source, ""),
+            }
+        )
+    for source, error in tally.file_errors.items():
+        if not any(r["source"] == source for r in rows):
+            rows.append(
+                {
+                    "source": source,
+                    "label_key": "",
+                    "status": "failed",
+                    **{f: 0 for f in Tally.FIELDS},
+                    "to_send": 0,
+                    "error": error,
+                }
+            )
+    columns = ["source", "label_key", "status", *Tally.FIELDS, "to_send", "error"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _interval_text(interval: float, creds: MinivizCredentials) -> str:
+    if interval <= 0:
+        return "no rate limit"
+    documented = DATA_INTERVAL_S[creds.plan]
+    origin = f"{creds.plan} plan" if interval == documented else "configured"
+    return f"one event per {interval:g} s ({origin})"
+
+
+def _plan_markdown(
+    source: str,
+    creds: MinivizCredentials,
+    tally: Tally,
+    labels: LabelMapper,
+    to_send: int,
+    interval: float,
+    dry_run: bool,
+) -> str:
+    estimate = estimate_seconds(to_send, interval)
+    lines = [
+        f"# Miniviz backfill plan{' (dry run: nothing sent)' if dry_run else ''}",
+        "",
+        f"`{source}` -> project `{creds.project_id}` ({creds.plan} plan), {len(tally.files)} file(s).",
+        "",
+        "| | count |",
+        "|---|---|",
+        f"| rows read | {tally.total('rows'):,} |",
+        f"| events | {tally.total('events'):,} |",
+        f"| rows split into several events | {tally.total('split_rows'):,} |",
+        f"| rejected rows (dead-letter file) | {tally.total('rejected_rows'):,} |",
+        f"| rows outside the time range | {tally.total('out_of_range_rows'):,} |",
+        f"| events already sent (journal) | {tally.total('already_sent'):,} |",
+        f"| **events to send** | **{to_send:,}** |",
+        f"| rate | {_interval_text(interval, creds)} |",
+        f"| **estimated time** | **{format_duration(estimate) if estimate is not None else 'n/a: no rate limit'}**"
+        f"{f' ({estimate:,.0f} s)' if estimate is not None else ''} |",
+        f"| at the Pro plan limit (15 s) | {format_duration(estimate_seconds(to_send, DATA_INTERVAL_S['pro']))} |",
+        f"| at the Free plan limit (60 s) | {format_duration(estimate_seconds(to_send, DATA_INTERVAL_S['free']))} |",
+    ]
+    if tally.reasons:
+        lines += [
+            "",
+            "## Rejected rows by reason",
+            "",
+            "| reason | rows | meaning | first example |",
+            "|---|---|---|---|",
+        ]
+        for code, n in tally.reasons.most_common():
+            src, row, detail = tally.reason_examples[code]
+            lines.append(
+                f"| `{code}` | {n:,} | {REASONS.get(code, code)} | {_cell(f'{src} row {row}: {detail}')} |"
+            )
+    if tally.file_errors:
+        lines += ["", "## Files that cannot be sent", "", "| file | error |", "|---|---|"]
+        lines += [f"| {_cell(p)} | {_cell(e)} |" for p, e in tally.file_errors.items()]
+    if labels.changed:
+        lines += [
+            "",
+            f"## Labels mapped into Miniviz's characters ({len(labels.changed):,})",
+            "",
+            "| label | label_key |",
+            "|---|---|",
+        ]
+        lines += [f"| {_cell(o)} | `{m}` |" for o, m in list(labels.changed.items())[:50]]
+    if labels.collisions:
+        lines += ["", "## Warning: different labels mapped to the same label_key", ""]
+        lines += [
+            f"- `{m}` <- {', '.join(sorted(map(repr, o)))}" for m, o in list(labels.collisions.items())[:50]
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")[:300]
+
+
+async def _publish_outcome(
+    tally: Tally,
+    report_df: pd.DataFrame,
+    failures: list[dict[str, Any]],
+    progress: ScanProgress,
+    progress_artifact: Progress,
+    dry_run: bool,
+) -> None:
+    rows = report_df.head(MAX_SUMMARY_ROWS).to_dict("records")
+    await publish_table(
+        f"{FLOW_NAME}-summary",
+        rows,
+        f"Miniviz backfill per file and label ({'plan' if dry_run else 'sent'}); "
+        f"{len(report_df)} row(s){'' if len(report_df) <= MAX_SUMMARY_ROWS else ', first 500 shown'}",
+    )
+    lines = ["# Miniviz backfill: failures and rejections", ""]
+    if failures:
+        lines += [
+            f"{tally.total('failed'):,} event(s) failed to send (a re-run sends them again):",
+            "",
+            "| source | row | label_key | timestamp | error |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {_cell(f['source'])} | {f['row']} | {_cell(f['label_key'])} | {f['timestamp']} | {_cell(f['error'])} |"
+            for f in failures
+        ]
+    else:
+        lines.append("No event failed to send." if not dry_run else "Dry run: nothing was sent.")
+    if tally.reasons:
+        lines += [
+            "",
+            f"{tally.total('rejected_rows'):,} row(s) rejected (see the dead-letter file):",
+            "",
+            "| reason | rows | first example |",
+            "|---|---|---|",
+        ]
+        for code, n in tally.reasons.most_common():
+            src, row, detail = tally.reason_examples[code]
+            lines.append(f"| `{code}` | {n:,} | {_cell(f'{src} row {row}: {detail}')} |")
+    for path, error in tally.file_errors.items():
+        lines.append(f"\nFile not sent: {_cell(path)}: {_cell(error)}")
+    await publish_markdown(f"{FLOW_NAME}-failures", "\n".join(lines) + "\n", "Miniviz backfill failures")
+    if dry_run:
+        await progress_artifact.update(100.0, f"Dry run: {progress.to_send:,} event(s) to send, nothing sent")
+    else:
+        done = progress.sent + progress.failed
+        percent = 100.0 if not progress.to_send else 100.0 * done / progress.to_send
+        await progress_artifact.update(
+            percent, f"Sent {progress.sent:,} of {progress.to_send:,} event(s), {progress.failed:,} failed"
+        )
+
+
+async def _report_progress(progress: ScanProgress, artifact: Progress, interval: float) -> None:
+    """Update the progress artifact every few seconds: rows scanned, then events sent and time left."""
+    while True:
+        if progress.phase == "scanning":
+            await artifact.update(0.0, f"Planning: {progress.rows_scanned:,} rows read")
+        else:
+            done = progress.sent + progress.failed
+            remaining = max(0, progress.to_send - done)
+            elapsed = time.monotonic() - (progress.send_started or time.monotonic())
+            if done >= 5 and elapsed > 0:
+                eta: float | None = remaining * elapsed / done
+            elif interval > 0:
+                eta = remaining * interval
+            else:
+                eta = None
+            percent = 100.0 * done / progress.to_send if progress.to_send else 100.0
+            await artifact.update(
+                percent,
+                f"Sent {progress.sent:,} of {progress.to_send:,} event(s), {progress.failed:,} failed; "
+                f"about {format_duration(eta) if eta is not None else 'unknown'} left",
+            )
+        await asyncio.sleep(PROGRESS_EVERY_SECONDS)
