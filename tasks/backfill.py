@@ -1000,29 +1000,7 @@ class SentIndex:
     def load(cls, journal: Journal) -> SentIndex:
         """Replay a journal. Local journals are streamed line by line (memory stays flat however long the
         journal); S3 journals are read with ``Journal.read()`` (their appends are fewer: one PUT each)."""
-        return cls(iter_journal(journal))
-
-
-def iter_journal(journal: Journal) -> Iterator[dict[str, Any]]:
-    """The records of a journal, streamed for local files (same format and torn-line rule as ``Journal``)."""
-    if journal.is_s3:
-        yield from journal.read()
-        return
-    try:
-        fh = open(journal.location, encoding="utf-8")
-    except FileNotFoundError:
-        return
-    with fh:
-        previous: str | None = None
-        for line in fh:
-            if previous is not None:
-                yield json.loads(previous)  # not the last line: a damaged one must fail loudly
-            previous = line if line.strip() else None
-        if previous is not None:
-            try:
-                yield json.loads(previous)
-            except json.JSONDecodeError:
-                pass  # a torn last record: the writer died mid-line; that append never returned
+        return cls(journal.records())
 
 
 # --- dead letters ---------------------------------------------------------------------------------------

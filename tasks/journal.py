@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +40,23 @@ class Journal:
 
     def read(self) -> list[dict[str, Any]]:
         """Every complete record, in the order appended."""
+        return list(self.records())
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """The records one by one; local journals are streamed, so memory stays flat however long they get."""
         if self.is_s3:
             keys = self._segment_keys()
             self._seq = len(keys)
-            text = "".join(
-                self._s3.get_object(Bucket=self._bucket, Key=k)["Body"].read().decode("utf-8") for k in keys
-            )
-        else:
-            path = Path(self.location)
-            text = path.read_text("utf-8") if path.exists() else ""
-        return _parse_lines(text, self.location)
+            for key in keys:
+                text = self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read().decode("utf-8")
+                yield from _parse_lines(text.splitlines(keepends=True), key)
+            return
+        try:
+            fh = open(self.location, encoding="utf-8")  # noqa: SIM115 - closed below, generator-safe
+        except FileNotFoundError:
+            return
+        with fh:
+            yield from _parse_lines(fh, self.location)
 
     def append(self, *records: dict[str, Any]) -> None:
         """Write records durably; returns only once they would survive a crash."""
@@ -76,19 +84,25 @@ class Journal:
         return sorted(keys)
 
 
-def _parse_lines(text: str, where: str) -> list[dict[str, Any]]:
-    records = []
-    lines = text.split("\n")
+def _parse_lines(lines: Iterable[str], where: str) -> Iterator[dict[str, Any]]:
+    """Records from JSON lines. Only the last line can be torn by a crash (that append never returned), so a
+    bad last line is skipped with a warning; a bad line anywhere else means the journal was damaged."""
+    previous: tuple[int, str] | None = None
     for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
+        if previous is not None:
+            yield _load(*previous, where)
+        previous = (number, line) if line.strip() else None
+    if previous is not None:
         try:
-            records.append(json.loads(line))
+            yield json.loads(previous[1])
         except json.JSONDecodeError:
-            if number >= len(lines) - 1:  # only the last line can be torn by a crash
-                logger.warning("journal %s: ignoring a torn last record (the writer stopped mid-line)", where)
-            else:
-                raise ValueError(
-                    f"journal {where}: line {number} is not JSON; the file was edited or damaged"
-                ) from None
-    return records
+            logger.warning("journal %s: ignoring a torn last record (the writer stopped mid-line)", where)
+
+
+def _load(number: int, line: str, where: str) -> dict[str, Any]:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        raise ValueError(
+            f"journal {where}: line {number} is not JSON; the file was edited or damaged"
+        ) from None

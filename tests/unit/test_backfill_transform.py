@@ -27,7 +27,6 @@ from tasks.backfill import (
     _IntervalSet,
     _ranges,
     datetime_to_ms,
-    iter_journal,
     map_label_key,
     resample_milliseconds,
     split_payload,
@@ -463,8 +462,8 @@ def test_sent_index_replays_the_journal_and_tolerates_a_torn_last_line(tmp_path)
     assert (
         index.sent_count("f1") == 4 and index.fingerprints == {"f1": {"size": 1}} and index.specs == {"abc"}
     )
-    assert len(list(iter_journal(journal))) == 4
-    assert list(iter_journal(Journal(str(tmp_path / "none.jsonl")))) == []
+    assert len(list(journal.records())) == 4
+    assert list(Journal(str(tmp_path / "none.jsonl")).records()) == []
 
 
 def test_dead_letter_file_streams_rows_with_reasons(tmp_path):
@@ -536,7 +535,7 @@ async def test_a_crash_leaves_at_most_in_flight_events_unjournaled(tmp_path, in_
     while len(client.accepted) < 150:
         await asyncio.sleep(0.001)
     # the process dies here: what the journal holds now is all a re-run will know
-    index = SentIndex(list(iter_journal(journal)))
+    index = SentIndex(list(journal.records()))
     accepted = set(client.accepted)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
