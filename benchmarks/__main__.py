@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 import traceback
 
-from . import micrio_migration, miniviz_capacity, skin_analysis, snapshot_harvest  # noqa: F401  (they register their scenarios)
+from . import __path__ as package_path
 from .harness import SCENARIOS, write_results
+
+# Every module of the package that is not plumbing registers its scenarios on import.
+PLUMBING = {"__main__", "harness", "load", "flow_runner"}
+for module in pkgutil.iter_modules(package_path):
+    if module.name not in PLUMBING:
+        importlib.import_module(f"{__package__}.{module.name}")
 
 HEADLINE_KEYS = (
     "capacity_rps",
