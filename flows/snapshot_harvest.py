@@ -8,9 +8,10 @@
    (20 s), download the raw and the annotated image (a 404 is polled again with backoff, up to
    ``image_timeout_seconds``, far inside the links' 30 min), store both **originals in S3** under ``key_layout``
    with ASCII metadata (device uuid, name, city, country, label, request time; non-ASCII text as RFC 2047
-   ``=?UTF-8?B?...?=`` words), then **fit** a copy into Miniviz's 204,800 bytes (Pillow, off the event loop,
-   ``fit_workers`` at a time: highest JPEG quality that fits, PNG when smaller, downscaled only if needed) and
-   **push** it with the camera's ``label_key``.
+   ``=?UTF-8?B?...?=`` words), then **fit** a copy into Miniviz's 204,800 bytes (Pillow, in ``fit_workers``
+   worker processes started once per run: highest JPEG quality that fits, PNG when smaller, downscaled only
+   if needed) and **push** it with the camera's ``label_key``. Each service's HTTP calls are spread over one
+   client per 4 requests in flight (httpx slows down with many on one client).
 3. **Pacing, never a 429 loop.** Miniviz takes one image per label per 60 s. One Miniviz client serves the
    whole run, and a small pacing state (``state``: local JSON file by default, or ``s3://``) remembers when
    each label last got an image, so a harvest started right after another *defers* every image push with the
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 import os
 import time
 from collections import Counter
@@ -38,6 +40,7 @@ from typing import Annotated, Any, Literal
 
 import pandas as pd
 from prefect import flow, get_run_logger
+from prefect.utilities.annotations import quote
 from prefect_aws import S3Bucket
 from pydantic import BaseModel, Field
 
@@ -46,6 +49,7 @@ from blocks.viziosense import VizioSenseCredentials
 from clients.errors import InputError
 from clients.miniviz import MAX_IMAGE_BYTES
 from clients.viziosense import Device
+from tasks.fit_pool import FitPool
 from tasks.harvest import (
     DEFAULT_KEY_LAYOUT,
     REPORT_COLUMNS,
@@ -71,6 +75,8 @@ FLOW_NAME = "snapshot-harvest"
 STATE_DIR = ".pipeline-state/snapshot-harvest"
 MAX_TABLE_ROWS = 1000  # per-camera table artifact; the report file always has every row
 MAX_LINK_ROWS = 500  # cameras listed in the links artifact
+REQUESTS_PER_HTTP_CLIENT = 4  # httpx slows down with more in flight on one client (performance-notes.md)
+MAX_HTTP_CLIENTS = 32  # the blocks' own upper bound for parallel_connections
 TABLE_COLUMNS = ["device_name", "device_uuid", "label_key", "status", "reason", "s3_raw_key", "s3_annotated_key",
                  "image_push", "image_push_reason", "miniviz_image_id", "data_event", "miniviz_data_id",
                  "bytes_before_fit", "bytes_after_fit", "seconds_until_ready", "seconds_total"]  # fmt: skip
@@ -163,7 +169,8 @@ async def harvest_snapshots(
             opens within this budget; the rest are deferred (reported) and go first next run. With the
             project's limit off they all go out at once.
         concurrency: VizioSense requests and downloads in flight at once (also bounds images held in memory).
-        fit_workers: Images re-encoded at once for Miniviz (CPU work in threads); empty for one per CPU.
+        fit_workers: Processes re-encoding images for Miniviz (CPU work, off the flow's process); empty for
+            one per CPU.
         batch_size: Cameras per task run; batches overlap, so this sets the observability grain, not speed.
         max_cameras_in_flight: Cameras requested but not finished at once (links expire 30 min after the
             request, so huge fleets are taken in waves).
@@ -181,6 +188,12 @@ async def harvest_snapshots(
     """
     logger = get_run_logger()
     started = time.monotonic()
+    reached: dict[str, tuple[float, float]] = {}  # stage -> (wall, CPU) seconds from the start, for the log
+    cpu_started = time.process_time()
+
+    def stage_done(name: str) -> None:
+        reached[name] = (round(time.monotonic() - started, 2), round(time.process_time() - cpu_started, 2))
+
     # Bad parameters fail the run at once, before anything is asked of a camera.
     check_key_layout(key_layout)
     check_label_prefix(label_prefix)
@@ -192,9 +205,11 @@ async def harvest_snapshots(
             "image_timeout_seconds", "ready_after + timeout must end inside the 30 min link validity"
         )
 
-    vizio_credentials = await VizioSenseCredentials.aload(viziosense_block)
+    vizio_credentials = _spread(await VizioSenseCredentials.aload(viziosense_block), concurrency)
     bucket = bucket_ref(await S3Bucket.aload(s3_bucket_block))
-    miniviz_credentials = await MinivizCredentials.aload(miniviz_block) if miniviz_block else None
+    miniviz_credentials = (
+        _spread(await MinivizCredentials.aload(miniviz_block), concurrency) if miniviz_block else None
+    )
     progress = Progress(f"{FLOW_NAME}-progress", "Cameras harvested")
     await progress.update(0, "listing cameras")
 
@@ -212,6 +227,7 @@ async def harvest_snapshots(
         label_prefix=label_prefix,
     )
     pending = [r for r in rows if r.status == "pending"]
+    stage_done("listed")
     logger.info("%d device(s) listed; %d camera(s) to harvest, %d skipped, %d rejected", len(devices),
                 len(pending), sum(r.status == "skipped" for r in rows), sum(r.status == "rejected" for r in rows))  # fmt: skip
 
@@ -244,16 +260,21 @@ async def harvest_snapshots(
     if miniviz is not None and pacing is not None:
         pacing.seed(miniviz, (r.label_key for r in rows if r.label_key))
     executor = ThreadPoolExecutor(s3_workers, thread_name_prefix="harvest-s3")
+    # Fit workers import Pillow (~0.2 s) while the cameras are asked for snapshots and wait for them.
+    fit_pool = FitPool(settings.fit_workers) if miniviz is not None else None
     run = HarvestRun(vizio=vizio, miniviz=miniviz, bucket=bucket, executor=executor, state=pacing,
-                     settings=settings, progress=progress, total=len(pending))  # fmt: skip
+                     settings=settings, progress=progress, total=len(pending), fit_pool=fit_pool)  # fmt: skip
     await progress.update(5, f"0 of {len(pending)} cameras harvested")
     try:
+        if fit_pool is not None:
+            await fit_pool.start()
         async with pacing.autoflush() if pacing is not None else contextlib.nullcontext():
             waves = asyncio.Semaphore(max(1, max_cameras_in_flight // batch_size))
 
             async def batch(cameras: list[CameraResult]) -> list[CameraResult]:
                 async with waves:
-                    return await harvest_camera_batch(run, cameras)
+                    # quote: Prefect would otherwise walk (and copy) every row of the batch it is given
+                    return await harvest_camera_batch(run, quote(cameras))
 
             batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
             results = await asyncio.gather(*(batch(b) for b in batches), return_exceptions=True)
@@ -267,15 +288,17 @@ async def harvest_snapshots(
                     raise result
                 for row in result:  # tasks may work on copies of their inputs: keep what they return
                     rows[row.index] = row
+            stage_done("harvested")
             if miniviz is not None and data_events:
                 await progress.update(92, "sending Miniviz data events")
                 try:
-                    rows = await send_camera_data_events(run, rows, data_event_budget_seconds)
+                    rows = await send_camera_data_events(run, quote(rows), data_event_budget_seconds)
                 except Exception as exc:  # not expected either: the harvest itself is done, report it
                     logger.error("Miniviz data events failed: %s", error_text(exc))
                     for cam in rows:
                         if cam.data_event in ("off", "pending"):
                             cam.data_event, cam.data_event_reason = "failed", error_text(exc)
+                stage_done("data events")
     finally:
         if pacing is not None and pacing.save_problem:
             logger.warning("%s", pacing.save_problem)
@@ -283,6 +306,12 @@ async def harvest_snapshots(
         if miniviz is not None:
             await miniviz.aclose()
         executor.shutdown(wait=False)
+        if fit_pool is not None:
+            await fit_pool.close()
+            if fit_pool.problem:
+                logger.warning("%s", fit_pool.problem)
+            logger.info("fit workers: %.1f CPU s, peak memory %.0f MB in all",
+                        fit_pool.workers_cpu_seconds(), fit_pool.workers_peak_rss_mb())  # fmt: skip
 
     rows.sort(key=lambda r: r.index)
     report_location = report or f"reports/{FLOW_NAME}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.csv"
@@ -290,14 +319,18 @@ async def harvest_snapshots(
     await asyncio.to_thread(
         write_table, table, report_location, bucket.client if report_location.startswith("s3://") else None
     )
+    stage_done("report written")
     summary = _summarise(rows, report_location, pacing.location if pacing else None)
     await _publish(rows, summary, bucket, link_expiry_seconds, time.monotonic() - started)
     await progress.update(100, f"{summary.done + summary.partial} of {len(pending)} cameras harvested")
+    stage_done("artifacts published")
     logger.info(
         "snapshot harvest: %d done, %d partial, %d failed, %d skipped, %d rejected; %d image(s) pushed, "
-        "%d deferred; %d data event(s) sent, %d deferred; report %s",
+        "%d deferred; %d data event(s) sent, %d deferred; report %s; stages ended at (wall s / this process's "
+        "CPU s) %s",
         summary.done, summary.partial, summary.failed, summary.skipped, summary.rejected, summary.images_pushed,
         summary.images_deferred, summary.data_events_sent, summary.data_events_deferred, report_location,
+        ", ".join(f"{k} {wall:g}/{cpu:g}" for k, (wall, cpu) in reached.items()),
     )  # fmt: skip
     asked = [r for r in rows if r.status in ("done", "partial", "failed")]
     if asked and all(r.status == "failed" for r in asked):
@@ -306,6 +339,14 @@ async def harvest_snapshots(
             f"first error: {asked[0].reason}"
         )
     return summary
+
+
+def _spread(credentials: Any, concurrency: int) -> Any:
+    """The block with at least one HTTP client per ``REQUESTS_PER_HTTP_CLIENT`` requests the run keeps in flight
+    (its own ``parallel_connections`` if higher)."""
+    wanted = min(MAX_HTTP_CLIENTS, math.ceil(concurrency / REQUESTS_PER_HTTP_CLIENT))
+    clients = max(credentials.parallel_connections, wanted)
+    return credentials.model_copy(update={"parallel_connections": clients})
 
 
 def _summarise(rows: list[CameraResult], report: str, state: str | None) -> HarvestSummary:

@@ -25,6 +25,7 @@ from blocks import MinivizCredentials, VizioSenseCredentials
 from clients.miniviz import LABEL_KEY_RE, MAX_IMAGE_BYTES
 from emulators.launcher import running_emulators
 from flows.snapshot_harvest import harvest_snapshots
+from tasks import fit_pool
 from tasks.harvest import decode_metadata_value, slugify
 from tests.conftest import TEST_TIME_SCALE
 
@@ -293,6 +294,30 @@ async def test_the_run_fails_only_when_every_camera_failed(emu, blocks, tmp_path
     assert "every one of the 2 camera(s)" in state.message
     df = report_of(args)  # the report is still written
     assert list(df.status) == ["failed", "failed"]
+
+
+async def test_fit_worker_failures_are_reported_per_camera_and_the_rest_are_pushed(
+    emu, blocks, tmp_path, monkeypatch
+):
+    # Every fit worker dies on its first image (as one killed for memory would). A camera whose image saw two
+    # workers die is reported (push failed, originals stored); once the pool has no workers left to restart,
+    # images are fitted in threads, so the later cameras are pushed. Nothing is lost, the run goes on.
+    monkeypatch.setattr(fit_pool, "WORKER_ARGS", ("-c", "import sys; sys.stdin.buffer.read(8); sys.exit(3)"))
+    args = run_args(blocks, tmp_path, fit_workers=1)
+    summary = await harvest_snapshots(**args)
+    online = report_of(args).query("status != 'skipped'")
+    assert len(online) == TOTAL - OFFLINE and summary.originals_stored == 2 * len(online)
+    assert set(online.image_push) == {"sent", "failed"}
+    failed = online[online.image_push == "failed"]
+    assert failed.image_push_reason.str.contains(
+        r"WorkerDied: image fitting process ended \(exit code 3\)"
+    ).all()
+    assert (failed.status == "partial").all() and (failed.data_event == "sent").all()
+    assert (
+        summary.images_pushed
+        == (online.image_push == "sent").sum()
+        == emu["miniviz"].received()["accepted"]["image"]
+    )
 
 
 # --- selection -----------------------------------------------------------------------------------------

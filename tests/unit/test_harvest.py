@@ -1,4 +1,5 @@
-"""tasks.harvest helpers without network or Prefect: label keys, S3 keys and metadata, selection, pacing state."""
+"""tasks.harvest helpers without network or Prefect: label keys, S3 keys and metadata, selection, pacing state
+(tasks.harvest_labels, _keys, _rows, _pacing, re-exported by tasks.harvest)."""
 
 from __future__ import annotations
 
@@ -87,11 +88,11 @@ def test_same_names_never_share_a_label_key():
 
 
 def test_a_short_hash_collision_is_resolved_with_a_longer_hash(monkeypatch):
-    import tasks.harvest as harvest
+    import tasks.harvest_labels as labels
 
-    real = harvest.uuid_hash
+    real = labels.uuid_hash
     monkeypatch.setattr(
-        harvest, "uuid_hash", lambda u, chars=13: "samehash" if chars == 13 else real(u, chars)
+        labels, "uuid_hash", lambda u, chars=13: "samehash" if chars == 13 else real(u, chars)
     )
     keys = assign_label_keys([device("a", "Cam"), device("b", "Cam"), device("c", "Other")])
     assert keys["a"] != keys["b"] and len(keys["a"]) == len("cam-") + 26
