@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from .errors import InputError
 from .timing import SYSTEM_CLOCK, Clock, KeyedPacer, Pacer
 from .transport import HttpService, HttpSettings
+from .wire import time_the_wire
 
 DEFAULT_BASE_URL = "https://api.miniviz.net"
 DATA_PATH = "/api/project/{project_id}"
@@ -28,6 +29,9 @@ IMAGE_GET_PATH = "/api/project/{project_id}/image/{event_id}"
 Plan = Literal["free", "pro"]
 DATA_INTERVAL_S: dict[str, float] = {"free": 60.0, "pro": 15.0}
 IMAGE_INTERVAL_S = 60.0
+# A paced request is let into httpx this long before its slot, so httpx builds it while the pacer waits; the
+# wire holds its first byte until the slot (clients/wire.py). Covers httpx's work even on a busy machine.
+WIRE_LEAD_S = 0.005
 MAX_LABEL_KEY = 128
 LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9\-_.:@/]+$")
 MAX_PAYLOAD_KEYS = 8
@@ -167,10 +171,12 @@ class MinivizClient(HttpService):
         self.plan = plan
         self._token = token
         self.auth_mode = auth_mode
-        self.data_pacer = Pacer(DATA_INTERVAL_S[plan] if data_interval is None else data_interval, clock)
-        self.image_pacers = KeyedPacer(image_interval, clock)
+        interval = DATA_INTERVAL_S[plan] if data_interval is None else data_interval
+        self.data_pacer = Pacer(interval, clock, wire_lead=WIRE_LEAD_S)
+        self.image_pacers = KeyedPacer(image_interval, clock, wire_lead=WIRE_LEAD_S)
 
     def _wrap_transport(self, transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
+        time_the_wire(transport)  # pacing measured at the socket when the transport allows it
         return _QueryTokenTransport(transport, self._token) if self.auth_mode == "query" else transport
 
     async def _auth_headers(self) -> dict[str, str]:

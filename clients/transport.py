@@ -245,9 +245,9 @@ class HttpService:
                     self.logger.debug(
                         "%s %s: HTTP %s; retrying in %.2fs", self.service, operation, status, delay
                     )
-                    if pacer is not None:
-                        pacer.push_back(delay)  # every later caller waits too, not just this one
-                    else:
+                    if pacer is not None and (status == 429 or retry_after is not None):
+                        pacer.push_back(delay)  # the service asked us to wait: every later caller waits too
+                    else:  # a plain 5xx is this request's bad luck: only it backs off
                         await self.clock.sleep(delay)
                     continue
                 raise self._error(response, operation, attempt, retry_after=retry_after)

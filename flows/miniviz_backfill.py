@@ -8,8 +8,9 @@ Two passes over the input, both streamed chunk by chunk (memory stays flat whate
    stops here: nothing is sent.
 2. **Send** (one task per batch of ``batch_size`` events, ``miniviz-backfill-send-batch``): the same
    deterministic transform again, skipping the events the journal shows as sent, through one shared Miniviz
-   client: paced at the project's interval (the next request one interval after the previous finished, so no
-   429), or ``concurrency`` requests at once over several HTTP clients when the interval is 0.
+   client: paced at the project's interval (each request leaves one interval after the previous answer began
+   to arrive, timed at the socket, so no 429), or ``concurrency`` requests at once over several HTTP clients
+   when the interval is 0. The summary's ``send_timing`` says where the send time went.
 
 Resuming: every event of a file has a number (``seq``) fixed by the file and the transform parameters. An
 acknowledged event is journaled (``{"t": "sent", "f": <file>, "r": [[start, end)]}``, group-committed, fsynced)
@@ -87,6 +88,8 @@ class BackfillSummary(BaseModel):
     rejected_by_reason: dict[str, int]
     interval_seconds: float
     estimated_seconds: float | None
+    send_seconds: float | None = None
+    send_timing: dict[str, float] | None = None
     report: str
     dead_letter: str
     journal: str
@@ -243,6 +246,8 @@ async def miniviz_backfill(
     failures: list[dict[str, Any]] = []
     tally = Tally()
     to_send = 0
+    send_figures: dict[str, float] = {}
+    stopped = ""  # why sending stopped early, for the report's unfinished rows
     try:
         tally, fingerprints = await scan_backfill(
             files, spec, chunk_rows, sent, dead_letters, s3_client, labels, progress
@@ -270,28 +275,32 @@ async def miniviz_backfill(
             progress.phase = "sending"
             progress.send_started = time.monotonic()
             pending_files = [f for f in files if f in fingerprints and file_id(f) not in sent.done]
-            await _send_all(
-                pending_files,
-                spec,
-                chunk_rows,
-                sent,
-                batch_size,
-                s3_client,
-                creds,
-                in_flight,
-                log,
-                fingerprints,
-                tally,
-                dead_letters,
-                failures,
-                progress,
-            )
+            try:
+                send_figures = await _send_all(
+                    pending_files,
+                    spec,
+                    chunk_rows,
+                    sent,
+                    batch_size,
+                    s3_client,
+                    creds,
+                    in_flight,
+                    log,
+                    fingerprints,
+                    tally,
+                    dead_letters,
+                    failures,
+                    progress,
+                )
+            except BaseException as exc:
+                stopped = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                raise
     finally:
         reporter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reporter
         await asyncio.to_thread(dead_letters.close)
-        report_df = _report_frame(tally, dry_run)
+        report_df = _report_frame(tally, dry_run, stopped)
         await asyncio.to_thread(write_table, report_df, report_location, s3_client)
         await _publish_outcome(tally, report_df, failures, progress, progress_artifact, dry_run)
 
@@ -311,6 +320,8 @@ async def miniviz_backfill(
         rejected_by_reason=dict(tally.reasons.most_common()),
         interval_seconds=interval,
         estimated_seconds=estimate_seconds(to_send, interval),
+        send_seconds=send_figures.pop("send_seconds", None),
+        send_timing=send_figures or None,
         report=report_location,
         dead_letter=dead_letter_location,
         journal=journal_location,
@@ -342,8 +353,11 @@ async def _send_all(
     dead_letters: DeadLetterWriter,
     failures: list[dict[str, Any]],
     progress: ScanProgress,
-) -> None:
-    """Producer (transform in a worker thread) -> queue of batches -> one send task per batch."""
+) -> dict[str, float]:
+    """Producer (transform in a worker thread) -> queue of batches -> one send task per batch.
+
+    Returns where the time went: ``send_seconds``, and when paced the pacer's figures (mean wire round trip,
+    lateness, idle time per event) and the journal's group commits."""
     batches = iter_pending_batches(files, spec, chunk_rows, sent, batch_size, s3_client)
     queue: asyncio.Queue = asyncio.Queue(maxsize=2)  # bounded: at most ~3 batches in memory
 
@@ -395,6 +409,7 @@ async def _send_all(
                 with contextlib.suppress(BaseException):
                     await batch_task
 
+    started = time.monotonic()
     async with creds.get_client() as client:
         sender = BackfillSender(client, log, in_flight, progress=progress)
         try:
@@ -405,6 +420,11 @@ async def _send_all(
             raise _first_error(group_error) from None
         finally:
             await sender.aclose()
+        figures: dict[str, float] = {"send_seconds": round(time.monotonic() - started, 3)}
+        if client.data_pacer.interval > 0:
+            figures.update(client.data_pacer.stats.as_dict(), interval_ms=client.data_pacer.interval * 1000)
+        figures.update(sender.journal_figures())
+        return figures
 
 
 def _first_error(error: BaseException) -> BaseException:
@@ -464,7 +484,8 @@ def _now_iso() -> str:
 # --- reports and artifacts ------------------------------------------------------------------------------
 
 
-def _report_frame(tally: Tally, dry_run: bool) -> pd.DataFrame:
+def _report_frame(tally: Tally, dry_run: bool, stopped: str = "") -> pd.DataFrame:
+    """One row per (file, label), and one per file that holds no row or could not be read."""
     rows = []
     for (source, label), c in sorted(tally.by_label.items()):
         to_send = c["events"] - c["already_sent"]
@@ -478,6 +499,9 @@ def _report_frame(tally: Tally, dry_run: bool) -> pd.DataFrame:
             status = "planned" if to_send else "done"
         else:
             status = "done" if c["sent"] + c["already_sent"] == c["events"] else "pending"
+        error = tally.file_errors.get(source, "")
+        if status == "pending" and stopped:
+            error = f"not all sent: the run stopped early ({stopped}); a re-run sends the rest"
         rows.append(
             {
                 "source": source,
@@ -485,19 +509,21 @@ def _report_frame(tally: Tally, dry_run: bool) -> pd.DataFrame:
                 "status": status,
                 **{f: c[f] for f in Tally.FIELDS},
                 "to_send": to_send,
-                "error": tally.file_errors.get(source, ""),
+                "error": error,
             }
         )
-    for source, error in tally.file_errors.items():
-        if not any(r["source"] == source for r in rows):
+    reported = {source for source, _ in tally.by_label}
+    for source in dict.fromkeys([*tally.files, *tally.file_errors]):
+        if source not in reported:
+            error = tally.file_errors.get(source, "")
             rows.append(
                 {
                     "source": source,
                     "label_key": "",
-                    "status": "failed",
+                    "status": "failed" if error else "empty",
                     **{f: 0 for f in Tally.FIELDS},
                     "to_send": 0,
-                    "error": error,
+                    "error": error or "the file holds no rows",
                 }
             )
     columns = ["source", "label_key", "status", *Tally.FIELDS, "to_send", "error"]

@@ -354,6 +354,8 @@ async def test_paced_backfill_never_gets_a_429(svc, blocks, tmp_path):
     got = svc.received()
     assert got["accepted"] == {"data": 8} and got["rejected_by_status"] == {} and got["duplicates"] == {}
     assert summary.events_sent == 8 and summary.interval_seconds == pytest.approx(PACED)
+    # every request was spaced at the socket (first byte out, first byte of the answer in)
+    assert summary.send_timing["calls"] == 8 and summary.send_timing["wire_timed_calls"] == 8
     assert [e[1] for e in stored_events(svc, "paced")] == [T0 + i * MIN for i in range(8)]
 
 

@@ -6,7 +6,6 @@ unjournaled events (a fake client, no network).
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 
@@ -14,20 +13,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clients.errors import ApiError, AuthError, InputError
+from clients.errors import InputError
 from clients.miniviz import check_label_key, check_payload, check_timestamp_ms, payload_bytes
 from tasks.backfill import (
-    BackfillSender,
     BackfillSpec,
     DeadLetterWriter,
-    Event,
-    FatalSendError,
+    IntervalSet,
     LabelMapper,
     SentIndex,
-    _IntervalSet,
-    _ranges,
     datetime_to_ms,
+    iter_file_results,
     map_label_key,
+    ranges,
     resample_milliseconds,
     split_payload,
     to_unix_ms,
@@ -230,6 +227,30 @@ def test_a_row_with_no_metric_left_is_rejected():
     result = transform_frame(df, BackfillSpec())
     assert [(r.row, r.reason) for r in result.rejections] == [(0, "no_metrics")]
     assert len(result.events) == 1
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 10])
+def test_exact_repeats_are_rejected_as_duplicates_whatever_the_chunking(chunk_rows):
+    df = pd.DataFrame(
+        {
+            "timestamp": [T0, T0, T0 + MIN, T0, T0, T0],
+            "label_key": ["s1", "s1", "s1", "s2", "s1", "s1"],
+            "t": [1.0, 1.0, 1.0, 1.0, 2.0, 1.0],
+        }
+    )
+    result = transform_frame(df, BackfillSpec(), chunk_rows=chunk_rows)
+    assert [r.row for r in result.events] == [0, 2, 3, 4]  # other time, other label, other value: kept
+    assert [(r.row, r.reason) for r in result.rejections] == [(1, "duplicate"), (5, "duplicate")]
+
+
+def test_csv_text_cells_are_typed_per_value_not_per_chunk(tmp_path):
+    path = tmp_path / "mixed.csv"
+    pd.DataFrame(
+        {"timestamp": [T0, T0 + MIN, T0 + 2 * MIN], "label_key": "s1", "v": ["1", "abc", "true"]}
+    ).to_csv(path, index=False)
+    for chunk_rows in (1, 3):  # alone, "1" is read as a number; next to "abc", as text
+        events = [e for r in iter_file_results(str(path), BackfillSpec(), chunk_rows) for e in r.events]
+        assert [e.payload["v"] for e in events] == [1, "abc", 1]
 
 
 def test_select_and_rename_metrics():
@@ -438,8 +459,8 @@ def test_spec_checks_and_fingerprint():
 
 
 def test_ranges_and_interval_set():
-    assert _ranges([5, 3, 4, 9]) == [[3, 6], [9, 10]]
-    s = _IntervalSet()
+    assert ranges([5, 3, 4, 9]) == [[3, 6], [9, 10]]
+    s = IntervalSet()
     for start, end in [(10, 12), (0, 3), (3, 5), (20, 21), (11, 21)]:
         s.add(start, end)
     assert (s.starts, s.ends) == ([0, 10], [5, 21])
@@ -479,100 +500,3 @@ def test_dead_letter_file_streams_rows_with_reasons(tmp_path):
         [0, "failed", "send_failed"],
     ]
     assert json.loads(dl.data[0])["extra"] == [1, 2]
-
-
-# --- the sender: duplicates after a crash are bounded by the events in flight --------------------------
-
-
-class FakeMiniviz:
-    """Accepts every event after a delay; records what it accepted, like the server would."""
-
-    def __init__(self, delay=0.002, fail_labels=(), auth_error=False):
-        self.accepted: list[int] = []
-        self.delay = delay
-        self.fail_labels = set(fail_labels)
-        self.auth_error = auth_error
-        self.max_concurrent = 0
-        self._now = 0
-
-    async def send_data(self, label_key, payload, timestamp):
-        self._now += 1
-        self.max_concurrent = max(self.max_concurrent, self._now)
-        try:
-            await asyncio.sleep(self.delay)
-            if self.auth_error:
-                raise AuthError("miniviz", "send_data", "HTTP 403", status=403)
-            if label_key in self.fail_labels:
-                raise ApiError("miniviz", "send_data", "HTTP 503", status=503)
-            self.accepted.append(payload["i"])
-        finally:
-            self._now -= 1
-
-
-def events(n, label="s1"):
-    return [Event(i, i, 0, label, T0 + i, {"i": i}) for i in range(n)]
-
-
-async def test_sender_journals_every_acknowledged_event(tmp_path):
-    client = FakeMiniviz()
-    journal = Journal(str(tmp_path / "j.jsonl"))
-    sender = BackfillSender(client, journal, max_in_flight=8)
-    # two batches at once (as the flow overlaps them) share the bound
-    first, second = await asyncio.gather(sender.send("f1", events(200)), sender.send("f2", events(100)))
-    await sender.aclose()
-    assert (first.sent, second.sent) == (200, 100) and not first.failed
-    index = SentIndex.load(journal)
-    assert (index.sent_count("f1"), index.sent_count("f2")) == (200, 100) and client.max_concurrent == 8
-    assert sender.journal_appends < 300  # group commits
-
-
-@pytest.mark.parametrize("in_flight", [1, 4, 16])
-async def test_a_crash_leaves_at_most_in_flight_events_unjournaled(tmp_path, in_flight):
-    client = FakeMiniviz(delay=0.001)
-    journal = Journal(str(tmp_path / "j.jsonl"))
-    sender = BackfillSender(client, journal, max_in_flight=in_flight)
-    task = asyncio.ensure_future(sender.send("f1", events(400)))
-    while len(client.accepted) < 150:
-        await asyncio.sleep(0.001)
-    # the process dies here: what the journal holds now is all a re-run will know
-    index = SentIndex(list(journal.records()))
-    accepted = set(client.accepted)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await sender.aclose()
-    journaled = {i for i in range(400) if index.is_sent("f1", i)}
-    assert journaled <= accepted  # nothing unacknowledged is marked sent
-    assert len(accepted - journaled) <= in_flight  # what a re-run would send twice
-
-
-async def test_failures_are_reported_not_journaled_and_auth_errors_stop_the_run(tmp_path):
-    client = FakeMiniviz(fail_labels={"bad"})
-    journal = Journal(str(tmp_path / "j.jsonl"))
-    sender = BackfillSender(client, journal, max_in_flight=4)
-    batch = events(10) + [Event(10, 10, 0, "bad", T0, {"i": 10})]
-    outcome = await sender.send("f1", batch)
-    await sender.aclose()
-    assert outcome.sent == 10 and [e.seq for e, _ in outcome.failed] == [10]
-    assert not SentIndex.load(journal).is_sent("f1", 10)
-    refused = BackfillSender(FakeMiniviz(auth_error=True), journal, 4)
-    with pytest.raises(FatalSendError, match="refused"):
-        await refused.send("f2", events(5))
-    await refused.aclose()
-    failing = BackfillSender(client, journal, 4, max_consecutive_failures=3)
-    with pytest.raises(FatalSendError, match="in a row"):
-        await failing.send("f3", events(10, "bad"))
-    await failing.aclose()
-
-
-async def test_a_journal_that_cannot_be_written_fails_the_batch(tmp_path):
-    class BrokenJournal(Journal):
-        def append(self, *records):
-            raise OSError("disk full")
-
-    sender = BackfillSender(FakeMiniviz(), BrokenJournal(str(tmp_path / "j.jsonl")), max_in_flight=4)
-    with pytest.raises(OSError, match="disk full"):
-        await sender.send("f1", events(10))
-    with pytest.raises(OSError, match="disk full"):  # and every later one: nothing can be made durable
-        await sender.send("f1", events(3))
-    await sender.aclose()

@@ -10,7 +10,7 @@ import pytest
 
 from clients.errors import ApiError, AuthError, NotFoundError, OutcomeUnknownError, RateLimitedError
 from clients.redaction import redact, register_secret
-from clients.timing import FakeClock, KeyedPacer, Pacer
+from clients.timing import FakeClock, KeyedPacer, Pacer, current_paced_call
 from clients.transport import HttpService, HttpSettings, RetryPolicy, parse_retry_after
 
 
@@ -153,6 +153,68 @@ async def test_429_pushes_back_the_pacer_for_every_caller():
     await service(script, clock)._request("POST", "/x", "op", pacer=pacer)
     assert len(script.requests) == 2
     assert clock.monotonic() >= 5
+
+
+async def wire_timed_call(clock, pacer, round_trip=0.5, parsing=2.0):
+    """One call as a wire-timed transport makes it: first byte held until allowed, answer, then parsing."""
+    async with pacer.slot():
+        call = current_paced_call()
+        entered = clock.monotonic()
+        await call.request_starting()  # the transport, before the request's first byte
+        sent = clock.monotonic()
+        await clock.sleep(round_trip)
+        call.answer_arriving()  # the answer's first byte
+        await clock.sleep(parsing)  # httpx's own work after it: not part of the interval
+    return entered, sent
+
+
+async def test_wire_timed_calls_are_spaced_from_the_answer_not_the_end_of_the_call():
+    clock = FakeClock(start=0)
+    pacer = Pacer(15, clock, wire_lead=0.25)
+    calls = [await wire_timed_call(clock, pacer) for _ in range(3)]
+    # each request leaves 15 s after the previous answer began (0.5 s after it left): 0, 15.5, 31
+    assert [sent for _, sent in calls] == [0, 15.5, 31]
+    # from the second call on, the call is let in 0.25 s early to prepare; the wire holds the first byte
+    assert [entered for entered, _ in calls] == [0, 15.25, 30.75]
+    assert pacer.stats.as_dict() == {
+        "calls": 3,
+        "wire_timed_calls": 3,
+        "mean_wire_rtt_ms": 500.0,
+        "mean_late_ms": 0.0,
+        "mean_idle_ms": 0.0,
+    }
+
+
+async def test_without_wire_timing_the_lead_is_never_used():
+    clock = FakeClock(start=0)
+    pacer = Pacer(15, clock, wire_lead=0.25)
+    starts = []
+    for _ in range(3):
+        async with pacer.slot():  # a transport that does not report the wire (e.g. a mock)
+            starts.append(clock.monotonic())
+            await clock.sleep(1)
+    assert starts == [0, 16, 32]  # the whole interval after the whole call, as before
+    assert pacer.stats.wire_timed == 0
+
+
+async def test_a_push_back_during_a_held_call_moves_its_first_byte():
+    clock = FakeClock(start=0)
+    pacer = Pacer(10, clock, wire_lead=1)
+    await wire_timed_call(clock, pacer, round_trip=0, parsing=0)
+    async with pacer.slot():
+        assert clock.monotonic() == 9  # let in 1 s early
+        pacer.push_back(30)  # e.g. another caller met a 429 meanwhile
+        await current_paced_call().request_starting()
+        assert clock.monotonic() == 39
+
+
+async def test_a_late_caller_is_counted_as_idle_not_as_pacing():
+    clock = FakeClock(start=0)
+    pacer = Pacer(10, clock, wire_lead=1)
+    await wire_timed_call(clock, pacer, round_trip=0, parsing=0)
+    await clock.sleep(14)  # nothing to send until 4 s after the slot opened
+    await wire_timed_call(clock, pacer, round_trip=0, parsing=0)
+    assert pacer.stats.idle_s == 4 and pacer.stats.late_ready_s == 0
 
 
 async def test_secrets_are_redacted_from_errors_and_log_records(caplog):

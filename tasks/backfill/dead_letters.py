@@ -1,0 +1,120 @@
+"""The dead-letter CSV: rejected rows and failed events, streamed with their reason."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import orjson
+
+from tasks.storage import parse_s3_uri
+
+from .timestamps import format_ms
+from .transform import Event, Rejection
+
+DEAD_LETTER_COLUMNS = [
+    "source",
+    "row",
+    "rows",
+    "status",
+    "reason",
+    "detail",
+    "label_key",
+    "timestamp",
+    "timestamp_iso",
+    "data",
+]
+
+
+class DeadLetterWriter:
+    """Streams rejected rows and failed events to a CSV file (local, or spooled and uploaded to S3 on close).
+
+    One line per rejected row or bucket (``status=rejected``, the source row as JSON in ``data``) and per
+    event that failed to send (``status=failed``: a re-run sends it again). Nothing is kept in memory.
+    """
+
+    def __init__(self, location: str, s3_client: Any = None) -> None:
+        self.location = location
+        self.s3_client = s3_client
+        self.count = 0
+        if location.startswith("s3://"):
+            parse_s3_uri(location, field="dead_letter")
+            fd, self._path = tempfile.mkstemp(prefix="miniviz-dead-letter-", suffix=".csv")
+            os.close(fd)
+        else:
+            self._path = location
+            os.makedirs(os.path.dirname(os.path.abspath(location)), exist_ok=True)
+        self._fh: io.TextIOWrapper | None = open(self._path, "w", newline="", encoding="utf-8")
+        self._csv = csv.writer(self._fh)
+        self._csv.writerow(DEAD_LETTER_COLUMNS)
+
+    def rejected(self, source: str, rejections: Iterable[Rejection]) -> None:
+        for r in rejections:
+            self._csv.writerow(
+                [
+                    source,
+                    r.row,
+                    r.rows,
+                    "rejected",
+                    r.reason,
+                    r.detail,
+                    r.label_key or "",
+                    "" if r.timestamp is None else r.timestamp,
+                    format_ms(r.timestamp),
+                    _json(r.data),
+                ]
+            )
+            self.count += 1
+        self._fh.flush()
+
+    def failed(self, source: str, event: Event, error: str) -> None:
+        self._csv.writerow(
+            [
+                source,
+                event.row,
+                1,
+                "failed",
+                "send_failed",
+                error,
+                event.label_key,
+                event.timestamp,
+                format_ms(event.timestamp),
+                _json(event.payload),
+            ]
+        )
+        self.count += 1
+        self._fh.flush()
+
+    def close(self) -> str:
+        if self._fh is None:
+            return self.location
+        self._fh.close()
+        self._fh = None
+        if self.location.startswith("s3://"):
+            bucket, key = parse_s3_uri(self.location, field="dead_letter")
+            try:
+                self.s3_client.upload_file(self._path, bucket, key, ExtraArgs={"ContentType": "text/csv"})
+            finally:
+                os.unlink(self._path)
+        return self.location
+
+
+def _json(data: Any) -> str:
+    return orjson.dumps(
+        data, default=_json_default, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+    ).decode()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):  # e.g. a Parquet list of strings
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
