@@ -4,13 +4,16 @@
    file name; a trailing ``_front``/``_left``/``_right`` names the side), or a CSV manifest (``subject``,
    ``image``, optional ``side``, ``visit``, ``birth_date``, ``biological_sex``, ``meta``; or ``front``/``left``/
    ``right`` columns). Paths in a manifest are relative to it unless absolute or ``s3://``.
-2. **Subjects and dataset**: the dataset is found by name or created (applications attached); subjects are
-   reused by name, missing ones created once (``ensure_haut_subjects`` lists first, so a re-run creates none).
-3. **Analyses** in coarse batches (one task per ``batch_size`` analyses, ``parallel_batches`` at once, at most
-   ``concurrency`` requests in flight per batch): read, validate and prepare each image (decodable JPEG/PNG by
-   content, ≥ 256×256, ≤ 30 MiB as sent, EXIF orientation applied, optional downscale), then signed URL(s) →
-   PUT → compute, and poll results with backoff. v1: one analysis per image, per-image results. v3: one batch
-   per subject and visit with up to three sides, batch results (``all_algorithms_calculated``).
+2. **Subjects and dataset**: the dataset is found by name or created (applications attached); the dataset's
+   subjects are listed once and reused by name, missing ones created when an analysis first needs them, each
+   once and concurrently (``tasks/skin/subjects.py``), so a re-run creates none.
+3. **Analyses** in coarse batches (one task run per ``batch_size`` analyses, ``parallel_batches`` sending at
+   once, at most ``concurrency`` requests in flight per batch): read, validate and prepare each image
+   (decodable JPEG/PNG by content, ≥ 256×256, ≤ 30 MiB as sent, EXIF orientation applied, optional
+   downscale), then signed URL(s) → PUT → compute, each analysis through its steps without waiting for the
+   rest of its batch; then the batch polls results with backoff, having made way for the next one. v1: one
+   analysis per image, per-image results. v3: one batch per subject and visit with up to three sides, batch
+   results (``all_algorithms_calculated``). One HTTP client serves the whole run.
 4. **Outputs**: a wide report (one row per input image: status, reason, whole-face metrics) and a tidy metrics
    table (analysis × algorithm × area × metric: value, tag), CSV or Parquet, local or ``s3://``; artifacts:
    progress, per-metric summary (mean, min, max), outcomes by reason, and a markdown list of failures.
@@ -22,6 +25,7 @@ a crash never loses track of an uploaded photo. Bound after a ``kill -9`` at any
 were submitting (at most ``batch_size × parallel_batches`` analyses): their image records may be left without
 bytes (signed URL issued, journal not yet written: never computed, nothing to bill) and their compute may be
 called a second time (crash between the compute and its journal record; the re-run checks for results first).
+A batch's results are journalled together when it ends: found but not yet journalled, they are polled again.
 Image bytes are sent again only when the earlier upload did not complete (v3: a batch with some sides sent).
 No subject is ever created twice (subjects are looked up by name first).
 
@@ -57,31 +61,17 @@ from prefect_aws import S3Bucket
 from pydantic import BaseModel, Field
 
 from blocks.haut import HautCredentials
-from clients.haut import FSM2_TECH_NAME
+from clients.haut import FS3_TECH_NAME, FSM2_TECH_NAME
+from clients.spread import spread_for
 from tasks.haut import ensure_haut_dataset
 from tasks.journal import Journal
 from tasks.reports import Progress, counts_table, failures_markdown, publish_markdown, publish_table
-from tasks.skin_analysis import (
-    FS3_TECH_NAME,
-    ImageInput,
-    ImageOutcome,
-    JournalState,
-    JournalWriter,
-    SkinUnit,
-    SubjectResolver,
-    UnitOutcome,
-    collect_skin_inputs,
-    collect_skin_results,
-    delete_skin_photos,
-    group_units,
-    metric_summary,
-    subject_key,
-    submit_skin_batch,
-    tidy_table,
-    wide_columns,
-    wide_table,
-    write_skin_reports,
-)
+from tasks.skin.analyses import SendingBatches, analyse_skin_batch
+from tasks.skin.inputs import ImageInput, SkinUnit, collect_skin_inputs, group_units
+from tasks.skin.journal import JournalState, JournalWriter
+from tasks.skin.outcomes import UnitOutcome
+from tasks.skin.subjects import SubjectResolver, delete_skin_photos
+from tasks.skin.tables import metric_summary, report_tables, write_skin_reports
 from tasks.storage import s3_client_from_block
 
 STATE_DIR = ".pipeline-state/skin-analysis"
@@ -163,10 +153,10 @@ async def skin_analysis(
         batch_size: Analyses per task run (each batch is read, uploaded and polled together).
         concurrency: Requests in flight at once within one batch (uploads, computes, result polls).
         parallel_batches: Batches running at the same time.
-        poll_initial_delay: Seconds before the first results poll (default: the block's, 2 s); waits grow
-            by 1.5× after each poll.
+        poll_initial_delay: Seconds from sending an analysis to its first results poll (default: the block's,
+            2 s); waits grow by 1.5× after each poll.
         poll_max_delay: Longest wait between results polls, in seconds (default: the block's, 15 s).
-        results_timeout: Seconds to wait for a batch's results after its last upload (default: the block's,
+        results_timeout: Seconds to wait for an analysis's results once it is sent (default: the block's,
             300 s); later results are collected by a re-run.
         delete_photos: GDPR: delete each subject's photo files in Haut once all its analyses in this run have
             results (image records and results stay).
@@ -191,10 +181,13 @@ async def skin_analysis(
     report_location = report or f"reports/skin-analysis-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.csv"
     metrics_location = metrics_report or metrics_name(report_location)
     journal_location = journal or default_journal(source, dataset_name, api_version, credentials)
+    # Built in a thread meanwhile: its SSL context loads the CA bundle (~25 ms, mostly without the GIL).
+    transport = asyncio.ensure_future(asyncio.to_thread(spread_for, concurrency * parallel_batches))
     writer = JournalWriter(Journal(journal_location, s3_client=s3))
-    state = JournalState(await asyncio.to_thread(writer.journal.read))
-
-    inputs = collect_skin_inputs(source, s3)
+    records, inputs = await asyncio.gather(
+        asyncio.to_thread(writer.journal.read), collect_skin_inputs(source, s3)
+    )
+    state = JournalState(records)
     images = inputs.images
     names = list(dict.fromkeys(i.subject for i in images if i.rejected is None and i.subject))
     logger.info(
@@ -211,9 +204,6 @@ async def skin_analysis(
         if applications is not None
         else [FSM2_TECH_NAME if api_version == "v1" else FS3_TECH_NAME]
     )
-    dataset = await ensure_haut_dataset(credentials, dataset_name, apps)
-    subjects = SubjectResolver(credentials, dataset.id, inputs.subjects, concurrency=concurrency)
-
     units = group_units(images, api_version)
     outcomes: dict[int, UnitOutcome] = {}
     remaining = Counter(u.subject for u in units)  # analyses not finished yet, per subject name
@@ -222,54 +212,34 @@ async def skin_analysis(
     waiting_results: set[str] = set()
     deleted: set[str] = set()
     progress = Progress(f"{ARTIFACT}-progress", f"Analyses finished of {len(units)} ({api_version})")
-    await progress.update(0.0 if units else 100.0)
-    gate = asyncio.Semaphore(parallel_batches)
-    order = sorted(
-        units, key=lambda u: (u.subject, u.unit)
-    )  # a subject's analyses together: photos go sooner
+    gate = asyncio.Semaphore(parallel_batches)  # batches reading and uploading at once
+    senders = SendingBatches()  # result polls make way for batches that are sending
+    # A subject's analyses together: its photos can be deleted sooner.
+    order = sorted(units, key=lambda u: (u.subject, u.unit))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
     async def run_batch(number: int, batch: list[SkinUnit]) -> None:
-        async with gate:  # bounds reading and uploading (memory, requests); polling runs outside the gate
-            try:
-                results = await submit_skin_batch(
-                    haut,
-                    dataset.id,
-                    quote(batch),
-                    writer,
-                    state,
-                    subjects,
-                    api_version=api_version,
-                    max_side=max_side,
-                    concurrency=concurrency,
-                    s3_client=s3,
-                )
-            except Exception as exc:  # a batch-wide failure fails its analyses, not the run
-                logger.error("batch %d of %d failed as a whole: %s", number, len(batches), type(exc).__name__)
-                results = [
-                    UnitOutcome(unit=u.unit, status="failed", error=f"batch failed: {exc}") for u in batch
-                ]
-        if any(o.status == "submitted" for o in results):
-            try:
-                results = await collect_skin_results(
-                    haut,
-                    dataset.id,
-                    quote(results),
-                    writer,
-                    api_version=api_version,
-                    concurrency=concurrency,
-                    initial_delay=poll_initial_delay,
-                    max_delay=poll_max_delay,
-                    timeout=results_timeout,
-                )
-            except Exception as exc:  # computed: a re-run collects the results
-                logger.error(
-                    "batch %d of %d: collecting results failed: %s", number, len(batches), type(exc).__name__
-                )
-                note = f"collecting results failed: {exc}; re-run to collect them"
-                results = [
-                    o.settle("failed", note, pending=True) if o.status == "submitted" else o for o in results
-                ]
+        try:
+            results = await analyse_skin_batch(
+                haut,
+                dataset.id,
+                quote(batch),
+                writer,
+                state,
+                subjects,
+                gate,
+                api_version=api_version,
+                max_side=max_side,
+                concurrency=concurrency,
+                s3_client=s3,
+                senders=senders,
+                poll_initial_delay=poll_initial_delay,
+                poll_max_delay=poll_max_delay,
+                results_timeout=results_timeout,
+            )
+        except Exception as exc:  # a batch-wide failure fails its analyses, not the run
+            logger.error("batch %d of %d failed as a whole: %s", number, len(batches), type(exc).__name__)
+            results = [UnitOutcome(unit=u.unit, status="failed", error=f"batch failed: {exc}") for u in batch]
         for unit, outcome in zip(batch, results, strict=True):
             outcomes[outcome.unit] = outcome
             remaining[unit.subject] -= 1
@@ -305,28 +275,19 @@ async def skin_analysis(
         done = len(outcomes)
         await progress.update(100.0 * done / max(1, len(units)), f"{done} of {len(units)} analyses finished")
 
-    # One client for every batch task of this run (they share the flow's event loop): one connection pool.
-    async with credentials.get_client() as haut:
+    # One client for the whole run, shared by its tasks on the flow's event loop: warm connections, each in a
+    # pool of its own so that many requests in flight stay cheap (clients/spread.py).
+    async with credentials.get_client(transport=await transport) as haut:
+        dataset, _ = await asyncio.gather(
+            ensure_haut_dataset(haut, dataset_name, apps), progress.update(0.0 if units else 100.0)
+        )
+        subjects = SubjectResolver(haut, dataset.id, inputs.subjects)
         await asyncio.gather(*(run_batch(n, b) for n, b in enumerate(batches, 1)))
 
     # --- reports -------------------------------------------------------------------------------------------------
-    unit_of = {i.item: u for u in units for i in u.images}
-    wide_rows, tidy_entries, rows_of = [], [], {}
-    for image in images:
-        unit = unit_of.get(image.item)
-        outcome = outcomes.get(unit.unit) if unit else None
-        wide_rows.append(_wide_row(image, unit, outcome, dataset_name, api_version, subject_names_in_report))
-    for unit in units:
-        outcome = outcomes[unit.unit]
-        if outcome.status == "done":
-            tidy_entries.append(
-                _tidy_entry(unit, outcome, dataset_name, api_version, subject_names_in_report)
-            )
-            rows_of[unit.unit] = outcome.rows
-    wide = wide_table(wide_rows)
-    tidy = tidy_table(tidy_entries, rows_of)
-    write_skin_reports(wide, tidy, report_location, metrics_location, s3)
-
+    wide_rows, wide, tidy = report_tables(
+        images, units, outcomes, dataset_name, api_version, subject_names_in_report
+    )
     statuses = Counter(r["status"] for r in wide_rows)
     waiting = {n for n, o in outcomes.items() if o.pending}
     pending = sum(1 for r in wide_rows if r["status"] == "failed" and r.get("analysis") in waiting)
@@ -347,7 +308,15 @@ async def skin_analysis(
         metrics_report=metrics_location,
         journal=journal_location,
     )
-    await _publish(wide_rows, tidy, summary, images if show_personal_data else None)
+    # Written (in threads) while the artifacts are published; both finish before anything is raised.
+    written, published = await asyncio.gather(
+        write_skin_reports(wide, tidy, report_location, metrics_location, s3),
+        _publish(wide_rows, tidy, summary, images if show_personal_data else None),
+        return_exceptions=True,
+    )
+    for outcome in (written, published):
+        if isinstance(outcome, BaseException):
+            raise outcome
     logger.info(
         "skin analysis: %d image(s) done, %d rejected, %d failed (%d awaiting results); %d analyses resumed; "
         "photos deleted for %d subject(s); report %s",
@@ -360,77 +329,13 @@ async def skin_analysis(
         report_location,
     )
     if summary.failed > summary.pending and not summary.done:  # nothing worked: credentials, service, dataset
+        errors = Counter(r.get("reason") or "unknown" for r in wide_rows if r["status"] == "failed")
+        (error, count), *_ = errors.most_common(1)
         raise RuntimeError(
-            f"no image could be analysed ({summary.failed} failed, {summary.rejected} rejected): "
-            f"see {report_location}"
+            f"no image could be analysed ({summary.failed} failed, {summary.rejected} rejected); "
+            f"{count} with: {error[:500]}; see {report_location}"
         )
     return summary
-
-
-def _wide_row(
-    image: ImageInput,
-    unit: SkinUnit | None,
-    outcome: UnitOutcome | None,
-    dataset_name: str,
-    api_version: str,
-    with_names: bool,
-) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "item": image.item,
-        "image": image.source or None,
-        "side": image.side,
-        "subject_key": subject_key(dataset_name, image.subject) if image.subject else None,
-        "api_version": api_version,
-        "resumed": False,
-    }
-    if with_names:
-        row["subject_name"] = image.subject
-    if image.rejected:
-        return {**row, "status": "rejected", "reason": image.rejected}
-    if unit is None or outcome is None:  # cannot happen: every unit ends with an outcome
-        return {**row, "status": "failed", "reason": "not analysed"}
-    mine = next((i for i in outcome.images if i.item == image.item), None) or ImageOutcome(
-        item=image.item, status=outcome.status, reason=outcome.error
-    )
-    row.update(
-        status=mine.status,
-        reason=mine.reason,
-        resumed=outcome.resumed,
-        analysis=unit.unit,
-        subject_id=outcome.subject_id,
-        batch_id=outcome.batch_id,
-        image_id=mine.image_id,
-        width=mine.width,
-        height=mine.height,
-        sha256=mine.sha256,
-        uploaded_sha256=mine.uploaded_sha256,
-        transform=mine.transform,
-        warnings=outcome.warnings,
-    )
-    if mine.status == "done":
-        row.update(wide_columns(outcome.rows))
-    return row
-
-
-def _tidy_entry(
-    unit: SkinUnit, outcome: UnitOutcome, dataset_name: str, api_version: str, with_names: bool
-) -> dict[str, Any]:
-    done = [i for i in outcome.images if i.status == "done"]
-    sources = {i.item: i.source for i in unit.images}
-    sides = {i.item: i.side for i in unit.images}
-    entry: dict[str, Any] = {
-        "analysis": unit.unit,
-        "image": sources[done[0].item] if done else unit.images[0].source,
-        "sides": "+".join(sides[i.item] for i in done),
-        "subject_key": subject_key(dataset_name, unit.subject),
-        "api_version": api_version,
-        "subject_id": outcome.subject_id,
-        "batch_id": outcome.batch_id,
-        "image_id": "+".join(i.image_id or "" for i in done),
-    }
-    if with_names:
-        entry["subject_name"] = unit.subject
-    return entry
 
 
 async def _publish(

@@ -1,7 +1,8 @@
 """Prefect tasks for Haut.ai: one per API call, plus the coarse batch tasks of the skin-analysis flow
 (``ensure_haut_dataset``, ``ensure_haut_subjects``, ``analyse_haut_batch``).
 
-Every task accepts a ``HautCredentials`` block or the name of a saved one. With a login (not a private
+Every task accepts a ``HautCredentials`` block or the name of a saved one (``ensure_haut_dataset`` also an
+open ``HautClient``, left open, so a flow run's tasks share one connection pool). With a login (not a private
 token), clients of one process share the session, so many task runs still log in once.
 """
 
@@ -45,7 +46,11 @@ Credentials = HautCredentials | str
 
 
 @contextlib.asynccontextmanager
-async def _client(credentials: Credentials) -> AsyncIterator[HautClient]:
+async def _client(credentials: Credentials | HautClient) -> AsyncIterator[HautClient]:
+    """The client given (left open), or a new one from a block or block name (closed after)."""
+    if isinstance(credentials, HautClient):
+        yield credentials
+        return
     creds = await HautCredentials.resolve(credentials)
     async with creds.get_client() as client:
         yield client
@@ -505,9 +510,9 @@ async def list_haut_aux_images(
 
 
 # --- batch tasks for the skin-analysis flow -------------------------------------------------------------------
-@task(name="haut-ensure-dataset")
+@task(name="haut-ensure-dataset", cache_policy=NO_CACHE)  # may take a client, which has no cache key
 async def ensure_haut_dataset(
-    credentials: Credentials,
+    credentials: Credentials | HautClient,
     name: str,
     applications: list[str] | None = None,
     attach_dependencies: bool = True,
@@ -587,7 +592,10 @@ async def ensure_haut_subjects(
             lost = [n for n in unknown if n not in by_name]
             if lost:
                 raise ApiError(
-                    client.service, "ensure_subjects", f"could not confirm subjects {lost!r}", retryable=True
+                    client.service,
+                    "ensure_subjects",
+                    f"could not confirm {len(lost)} subject(s) whose create answer was lost",  # names: personal
+                    retryable=True,
                 )
         return [by_name[s.name] for s in specs]
 

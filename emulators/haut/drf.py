@@ -177,6 +177,8 @@ class Validator:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             return self.fail(name, "invalid", "Not a valid string.")
         value = str(value)
+        if "\x00" in value:  # DRF CharField's ProhibitNullCharactersValidator
+            return self.fail(name, "null_characters_not_allowed", "Null characters are not allowed.")
         if not value.strip() and min_length > 0:
             return self.fail(name, "blank", "This field may not be blank.")
         if len(value) < min_length:

@@ -416,6 +416,23 @@ async def test_results_timeout_then_rerun_collects_without_uploading(emu, blocks
     assert after["upload"] == first["upload"] == 3 and after["compute"] == first["compute"] == 3
 
 
+async def test_a_run_where_nothing_can_be_analysed_fails_naming_the_error(emu, blocks, tmp_path):
+    svc = emu["haut"]
+    src = tmp_path / "in"
+    for i in range(2):
+        write(src / f"p{i}.jpg", face(50 + i))
+    params = {**blocks, "source": str(src), "report": str(tmp_path / "r.csv"), **FAST}
+    params.pop("s3_bucket_block")
+    svc.faults(error_rate=1.0, error_status=500, path_pattern="compute")  # 500s are not retried
+    state = await skin_analysis(**params, return_state=True)
+    assert state.is_failed()
+    message = state.message or ""
+    assert "no image could be analysed (2 failed, 0 rejected)" in message, message
+    assert "2 with: haut compute_v1: HTTP 500" in message, message  # what went wrong, not only that it did
+    assert pd.read_csv(tmp_path / "r.csv")["status"].tolist() == ["failed", "failed"]  # report written first
+    svc.control("DELETE", "faults")
+
+
 KILL_SCRIPT = """
 import asyncio, json, sys
 from flows.skin_analysis import skin_analysis

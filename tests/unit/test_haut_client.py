@@ -434,6 +434,28 @@ async def test_result_image_urls_are_registered_as_they_arrive():
     assert signature.replace("c0", "d0") not in redact(f"mask {url.replace('c0', 'd0')}")
 
 
+async def test_urls_written_with_json_escapes_are_registered_too():
+    # Answers with no URL skip the walk over their values; a URL hidden behind JSON escapes must not.
+    signatures = ["e5cape01" * 8, "e5cape02" * 8]
+    urls = [
+        f"https://storage.googleapis.com/r/{n}.jpg?X-Goog-Signature={s}" for n, s in enumerate(signatures)
+    ]
+    bodies = [
+        json.dumps({"original": urls[0]}).replace("/", "\\/"),  # https:\/\/...
+        '{"original": "\\u0068' + urls[1][1:] + '"}',  # \u0068ttps://... : no "http" in the bytes
+    ]
+    path = f"/api/v1/companies/{CID}/images/i/"
+    fake = FakeHaut()
+    async with make(fake) as c:
+        for url, signature, body in zip(urls, signatures, bodies, strict=True):
+            fake.routes[("GET", path)] = lambda r, body=body: httpx.Response(
+                200, content=body.encode(), headers={"content-type": "application/json"}
+            )
+            record = await c._call("GET", path, "get_image")
+            assert record == {"original": url}  # decoded as the URL it is
+            assert redact(f"GET {url}") == f"GET {url.replace(signature, '***')}"
+
+
 # --- polling --------------------------------------------------------------------------------------------------------
 RESULTS = f"/api/v1/companies/{CID}/datasets/{DS}/subjects/s/batches/b/images/i/results/"
 ANALYSIS = V1Analysis(dataset_id=DS, subject_id="s", batch_id="b", image_id="i", side_id=1)

@@ -29,29 +29,18 @@ from emulators.haut.results import (
     v3_parameters,
 )
 from flows.skin_analysis import metrics_name
-from tasks.skin_analysis import (
-    FACE,
+from tasks.skin.images import prepare_image
+from tasks.skin.inputs import (
     ImageInput,
-    JournalState,
-    MetricRow,
-    analysis_key,
-    flatten_v1,
-    flatten_v3,
     group_units,
     images_from_files,
     images_from_manifest,
     infer_subject_side,
-    metric_summary,
-    prep_signature,
-    prepare_image,
     resolve_manifest_path,
-    subject_key,
-    tidy_table,
-    v1_failure,
-    v3_failure,
-    wide_columns,
-    wide_table,
 )
+from tasks.skin.journal import JournalState, analysis_key, prep_signature
+from tasks.skin.results import FACE, MetricRow, flatten_v1, flatten_v3, v1_failure, v3_failure
+from tasks.skin.tables import metric_summary, subject_key, tidy_table, wide_columns, wide_table
 
 
 def jpeg(width: int = 320, height: int = 300, color: tuple = (200, 150, 120), orientation: int = 1) -> bytes:
@@ -118,6 +107,35 @@ def test_flatten_v1_skips_results_without_areas():
     results = v1(data, (catalog.FSM2, catalog.RECOMMENDATION_ENGINE))
     assert any(r.algorithm_family_tech_name.startswith("recommendation") for r in results)
     assert flatten_v1(results) == flatten_v1(v1(data))
+
+
+def test_flatten_v1_leaves_out_entries_without_the_documented_shape():
+    area = {
+        "area_name": "face",
+        "main_metric": {"value": 71, "widget_type": "bad_good_line", "tech_name": "s"},
+    }
+    result = AlgorithmResult.model_validate(
+        {
+            "algorithm_family_tech_name": "selfie_v2.pores",
+            "result": {
+                "area_results": [
+                    area,
+                    "not an area",
+                    {"main_metric": {"value": 5}},  # no area name
+                    {
+                        "area_name": "nose",
+                        "main_metric": [1, 2],
+                        "sub_metrics": ["x", {"value": 2, "name": "n"}],
+                    },
+                    {"area_name": "chin", "sub_metrics": {"value": 3}},  # sub_metrics not a list
+                ]
+            },
+        }
+    )
+    assert flatten_v1([result]) == [
+        MetricRow("pores", "face", "s", 71.0, None, "Good"),
+        MetricRow("pores", "nose", "n", 2.0, None, None),
+    ]
 
 
 # --- flattening v3 --------------------------------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""Image preparation for Haut (CPU, run off the event loop): validate by content, turn upright, optionally shrink.
+
+Haut takes a decodable JPEG or PNG of at least 256×256 px and at most 30 MiB (apis.md §4.13). Untouched
+images are sent byte for byte; an EXIF orientation is applied to the pixels (tag removed) so Haut sees the
+face upright; ``max_side`` shrinks bigger photos.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from typing import Any, NamedTuple
+
+from PIL import Image
+
+from clients.errors import InputError, NotFoundError
+from clients.haut import MAX_IMAGE_BYTES, MIN_IMAGE_SIDE, check_image
+from tasks.images import (
+    apply_exif_orientation,
+    downscale_to_max_side,
+    open_image_safely,
+    validate_image,
+)
+
+JPEG_QUALITY = 95  # re-encoding after an EXIF rotation or a downscale
+_STARTS_WITH = re.compile(r" \(starts with [0-9a-f]*\)")  # the first bytes of a non-image (could be text)
+
+
+class Prepared(NamedTuple):
+    data: bytes
+    format: str
+    width: int
+    height: int
+    sha256: str  # of the input
+    uploaded_sha256: str
+    transform: str | None
+
+
+def _encode(img: Image.Image, fmt: str, icc: bytes | None) -> bytes:
+    buf = io.BytesIO()
+    params: dict[str, Any] = {"icc_profile": icc} if icc and img.mode in ("RGB", "RGBA") else {}
+    if fmt == "JPEG":
+        if img.mode not in ("RGB", "L", "CMYK"):
+            img = img.convert("RGB")
+        img.save(buf, "JPEG", quality=JPEG_QUALITY, **params)
+    else:
+        img.save(buf, "PNG", **params)
+    return buf.getvalue()
+
+
+def prepare_image(data: bytes, max_side: int | None = None) -> Prepared:
+    """Validate an image for Haut and make it upright (and at most ``max_side`` px) — ``InputError`` if unusable.
+
+    Checks by content: a decodable JPEG or PNG, at least 256×256 px as displayed; at most 30 MiB as sent.
+    An EXIF orientation is applied to the pixels (the tag removed); ``max_side`` shrinks larger images.
+    Untouched images are sent byte for byte.
+    """
+    info = validate_image(
+        data,
+        min_width=MIN_IMAGE_SIDE,
+        min_height=MIN_IMAGE_SIDE,
+        max_bytes=None if max_side else MAX_IMAGE_BYTES,
+        allowed_formats=("JPEG", "PNG"),
+        decode=False,  # decoded below, once, by whichever step needs the pixels
+    )
+    out, steps = data, []
+    if max_side and max(info.width, info.height) > max_side:
+        fitted = downscale_to_max_side(data, max_side, quality=JPEG_QUALITY, format=info.format)
+        out = fitted.data
+        if info.orientation != 1:
+            steps.append(f"EXIF orientation {info.orientation} applied")
+        steps.append(f"downscaled {info.width}x{info.height} to {fitted.width}x{fitted.height}")
+    elif info.orientation != 1:
+        decoded = open_image_safely(data)
+        icc = decoded.info.get("icc_profile")
+        out = _encode(apply_exif_orientation(decoded), info.format, icc)
+        steps.append(f"EXIF orientation {info.orientation} applied")
+    else:
+        # Sent as is: prove it decodes. A JPEG is decoded at 1/8 scale, which still reads all of its
+        # entropy-coded data (truncation and corruption show) for about a third of the CPU.
+        open_image_safely(data, draft_size=(1, 1))
+    final = check_image(out)  # the documented limits, on what is actually sent
+    sha_in = hashlib.sha256(data).hexdigest()
+    sha_out = sha_in if out is data else hashlib.sha256(out).hexdigest()
+    width, height = (final.width, final.height) if final.width else (info.width, info.height)
+    return Prepared(out, final.format, width, height, sha_in, sha_out, "; ".join(steps) or None)
+
+
+def read_error(exc: Exception) -> tuple[str, str]:
+    """``(status, reason)`` for an image that could not be read or prepared; never names the path (it may hold
+    a subject's name) nor quotes the content."""
+    if isinstance(exc, InputError):
+        return "rejected", _STARTS_WITH.sub("", str(exc))
+    if isinstance(exc, FileNotFoundError | NotFoundError):
+        return "rejected", "file not found"
+    if isinstance(exc, IsADirectoryError):
+        return "rejected", "not a file"
+    if isinstance(exc, PermissionError):
+        return "rejected", "permission denied reading the file"
+    return "failed", f"could not read the image ({type(exc).__name__})"
