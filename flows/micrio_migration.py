@@ -37,6 +37,7 @@ from prefect_aws import S3Bucket
 from pydantic import BaseModel, Field
 
 from blocks.micrio import MicrioCredentials
+from clients.errors import ApiError, InputError
 from clients.micrio import FINAL_ERRORS, TRANSIENT_ERRORS, ImageStatus
 from tasks.journal import Journal
 from tasks.micrio import add_micrio_batch, await_micrio_progress, create_micrio_folder
@@ -116,6 +117,8 @@ def _s3_object_items(s3: Any, uri: str) -> list[Item]:
             item.rejected = "folder marker, not an object"
         elif not key.lower().endswith(IMAGE_EXTENSIONS):
             item.rejected = f"not an image file extension ({', '.join(IMAGE_EXTENSIONS)})"
+        else:  # S3 stores keys our presigning refuses (traversal, control characters): reject them here
+            item.rejected = _uri_problem(item.key)
         items.append(item)
     return items
 
@@ -152,8 +155,18 @@ def _manifest_item(row: int, url: Any, name: Any, seen: dict[str, int]) -> Item:
         return Item(row=row, key=f"row:{row}", name=name, rejected="source_url contains whitespace")
     if url in seen:
         return Item(row=row, key=f"row:{row}", name=name, rejected=f"duplicate of row {seen[url]}")
+    if parts.scheme == "s3" and (problem := _uri_problem(url)):
+        return Item(row=row, key=f"row:{row}", name=name, rejected=problem)
     seen[url] = row
     return Item(row=row, key=url, name=name, url=None if parts.scheme == "s3" else url)
+
+
+def _uri_problem(uri: str) -> str | None:
+    try:
+        parse_s3_uri(uri, field="source_url")
+    except InputError as exc:
+        return str(exc)
+    return None
 
 
 def read_sources(source: str, s3: Any) -> list[Item]:
@@ -205,6 +218,8 @@ def replay(records: list[dict[str, Any]], items: dict[str, Item]) -> Replayed:
                     item.status, item.error = status, error
                     item.width, item.height, item.thumbnail = width, height, thumbnail
     unknown = [key for keys in open_batches.values() for key in keys if key in items]
+    for key in unknown:  # a crash is not Micrio refusing the image: the attempt does not count
+        items[key].attempts -= 1
     return Replayed(folder_id, unknown, next_batch)
 
 
@@ -307,6 +322,7 @@ async def migrate_to_micrio(
     added_this_run = 0
     deadline = started + timeout_minutes * 60
     refused: str | None = None  # Micrio refused a whole batch (after retries): stop adding, finish the rest
+    unreachable: str | None = None  # polling failed after its retries: stop, report, fail the run
 
     async def progress_update() -> None:
         finished = sum(1 for i in candidates if i.finished(max_attempts))
@@ -336,7 +352,8 @@ async def migrate_to_micrio(
                     failed[item.key] = outcome.error
                     item.attempts -= 1  # nothing was added
                     item.error = outcome.error
-                # "unknown": the connection broke after sending; the intent stays open, as after a crash.
+                else:  # "unknown": the answer was lost after sending; added again, as after a crash
+                    item.error = outcome.error
             log.append({"t": "added", "batch": batch_no, "ids": ids, "failed": failed})
             if failed and len(failed) == len(batch):
                 refused = next(iter(failed.values()))
@@ -347,15 +364,20 @@ async def migrate_to_micrio(
         in_flight = [i for i in candidates if i.in_flight()]
         if not in_flight:
             break
-        report_ = await await_micrio_progress(
-            credentials,
-            target_folder,
-            [i.micrio_id for i in in_flight],
-            min_finished=batch_size,
-            max_wait=min(60.0, max(1.0, deadline - time.monotonic())),
-            poll_initial=poll_initial_seconds,
-            poll_max=poll_max_seconds,
-        )
+        try:
+            report_ = await await_micrio_progress(
+                credentials,
+                target_folder,
+                [i.micrio_id for i in in_flight],
+                min_finished=batch_size,
+                max_wait=min(60.0, max(1.0, deadline - time.monotonic())),
+                poll_initial=poll_initial_seconds,
+                poll_max=poll_max_seconds,
+            )
+        except ApiError as exc:  # Micrio unreachable past the retry budget: report what is known, then fail
+            unreachable = str(exc)
+            logger.error("polling stopped: %s; %d image(s) left in flight", unreachable, len(in_flight))
+            break
         by_id = {i.micrio_id: i for i in in_flight}
         finals = []
         for image_id, status in report_.statuses.items():
@@ -382,7 +404,12 @@ async def migrate_to_micrio(
         await progress_update()
 
     await progress_update()
-    rows = [_report_row(i, max_attempts) for i in items_list]
+    stopped = None
+    if refused:
+        stopped = f"Micrio refused a whole batch, so adding stopped: {refused}"
+    elif unreachable:
+        stopped = f"Micrio could not be polled: {unreachable}"
+    rows = [_report_row(i, max_attempts, stopped) for i in items_list]
     report_location = report or f"reports/micrio-migration-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.csv"
     await asyncio.to_thread(write_table, pd.DataFrame(rows, columns=REPORT_COLUMNS), report_location, s3)
     summary = _summarise(rows, target_folder, added_this_run, report_location, journal_location)
@@ -390,6 +417,11 @@ async def migrate_to_micrio(
     if refused:
         raise RuntimeError(
             f"Micrio refused a whole batch, so the run stopped adding (report: {report_location}): {refused}"
+        )
+    if unreachable:
+        raise RuntimeError(
+            f"Micrio could not be polled, so the run stopped with {summary.in_flight} image(s) in flight; "
+            f"a re-run resumes them (report: {report_location}): {unreachable}"
         )
     logger.info(
         "micrio migration: %d done, %d failed, %d rejected, %d in flight; report %s",
@@ -422,7 +454,8 @@ def _apply_status(item: Item, status: ImageStatus) -> None:
     item.width, item.height, item.thumbnail = status.width, status.height, status.thumbnail
 
 
-def _report_row(item: Item, max_attempts: int) -> dict[str, Any]:
+def _report_row(item: Item, max_attempts: int, stopped: str | None = None) -> dict[str, Any]:
+    """One report row; ``stopped`` says why the run ended early (for images it left unfinished)."""
     if item.rejected is not None:
         outcome, status, error = "rejected", "rejected", item.rejected
     elif item.status == "ready":
@@ -432,15 +465,15 @@ def _report_row(item: Item, max_attempts: int) -> dict[str, Any]:
         error = item.error + (
             " (final)" if item.error in FINAL_ERRORS else f" (after {item.attempts} attempts)"
         )
+    elif item.micrio_id is None and item.attempts == 0 and item.error is None and stopped:
+        outcome, status, error = "failed", "not_added", f"not sent: {stopped}; re-run to add it"
     elif item.micrio_id is None:
         outcome, status = "failed", "not_added"
         error = f"could not be added after {item.attempts} attempt(s): {item.error or 'unknown reason'}"
     else:
-        outcome, status, error = (
-            "in_flight",
-            item.status or "queued",
-            "still processing when the run stopped; re-run to resume",
-        )
+        outcome, status = "in_flight", item.status or "queued"
+        why = f" ({stopped})" if stopped else ""
+        error = f"still processing when the run stopped{why}; re-run to resume"
     return {
         "row": item.row,
         "name": item.name,

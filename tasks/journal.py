@@ -2,7 +2,8 @@
 
 Local journals are one JSON-lines file, flushed and fsynced on every append, so a record that ``append``
 returned for survives a ``kill -9`` or a power cut. S3 journals write one object per append under a prefix
-(S3 has no append); reading lists them in order. A torn last line (the process died mid-write) is ignored.
+(S3 has no append); reading lists them in order. A torn last line (the process died mid-write) is ignored
+by readers, and repaired before the next local append so that the new record starts on a line of its own.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ class Journal:
             self._s3.put_object(Bucket=self._bucket, Key=key, Body=payload.encode("utf-8"))
             self._seq += 1
             return
-        with open(self.location, "a", encoding="utf-8") as fh:
-            fh.write(payload)
+        with open(self.location, "a+b") as fh:
+            _repair_tail(fh, self.location)
+            fh.write(payload.encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
 
@@ -82,6 +84,36 @@ class Journal:
         ):
             keys.extend(o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".jsonl"))
         return sorted(keys)
+
+
+def _repair_tail(fh: Any, where: str) -> None:
+    """Make the file end with a newline before appending. A last line without one was cut by a crash (a
+    ``kill -9`` can cut a write of more than a page; so can a power cut or a full disk): readers keep it if it is
+    complete JSON (only its newline is missing) and ignore it otherwise, so it is completed or cut off
+    accordingly. Without this, the next record would be glued to the torn one and lost with it."""
+    end = fh.seek(0, os.SEEK_END)
+    if end == 0:
+        return
+    fh.seek(end - 1)
+    if fh.read(1) == b"\n":
+        return
+    start = end
+    while start > 0:  # find the start of the last line, a block at a time from the end
+        block_start = max(0, start - 65536)
+        fh.seek(block_start)
+        newline = fh.read(start - block_start).rfind(b"\n")
+        if newline >= 0:
+            start = block_start + newline + 1
+            break
+        start = block_start
+    fh.seek(start)
+    try:
+        json.loads(fh.read(end - start))
+    except ValueError:  # torn: that append never returned, so nobody was told it was durable
+        logger.warning("journal %s: cutting off a torn last record before appending", where)
+        fh.truncate(start)
+    else:
+        fh.write(b"\n")
 
 
 def _parse_lines(lines: Iterable[str], where: str) -> Iterator[dict[str, Any]]:

@@ -20,6 +20,7 @@ import gzip
 import io
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator, Sequence
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -195,10 +196,31 @@ def _select(chunk: pd.DataFrame, columns: Sequence[str] | None, src: str) -> pd.
     return chunk[list(columns)]
 
 
+# What a file that is not the table its name says raises while it is parsed (truncated gzip, wrong encoding,
+# a malformed CSV line, a Parquet file without its footer, JSON that is not JSON). Network and S3 errors are
+# not among them: those may be transient and keep their own types.
+_UNREADABLE = (EOFError, zlib.error, gzip.BadGzipFile, ValueError)
+_KIND_NAMES = {"csv": "CSV", "parquet": "Parquet", "jsonl": "JSON Lines"}
+
+
 def _read_file(
     src: str, client: Any, chunksize: int, columns: Sequence[str] | None
 ) -> Iterator[pd.DataFrame]:
+    """The chunks of one file; content that cannot be parsed raises ``InputError`` naming the file and why."""
     kind, gzipped = table_format(src)
+    try:
+        yield from _parse_file(src, client, chunksize, columns, kind, gzipped)
+    except InputError:
+        raise
+    except _UNREADABLE as exc:
+        what = ("gzipped " if gzipped else "") + _KIND_NAMES[kind]
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())  # parser messages may span lines
+        raise InputError("source", f"{src} cannot be read as {what}: {detail[:300]}") from None
+
+
+def _parse_file(
+    src: str, client: Any, chunksize: int, columns: Sequence[str] | None, kind: str, gzipped: bool
+) -> Iterator[pd.DataFrame]:
     if kind == "parquet":
         with contextlib.ExitStack() as stack:
             handle: Any = src
@@ -245,8 +267,10 @@ def iter_table_chunks(
     Files come from ``list_sources(source)`` in sorted order; each chunk's ``attrs["source"]`` names its file.
     ``columns`` selects and orders columns (``InputError`` if one is missing). ``s3_client`` is a boto3 S3
     client or an ``S3Bucket``/``AwsCredentials`` block; ``storage_options`` (s3fs-style: key, secret, token,
-    endpoint_url, region_name, client_kwargs) builds one instead. CSV dtypes are inferred per chunk, so a
-    column can change dtype between chunks; cast where it matters.
+    endpoint_url, region_name, client_kwargs) builds one instead. A file whose content cannot be parsed as
+    its type (a malformed CSV line, a truncated gzip, a Parquet file without its footer) raises ``InputError``
+    naming it. CSV dtypes are inferred per chunk, so a column can change dtype between chunks; cast where it
+    matters.
 
     Example:
         for chunk in iter_table_chunks("s3://demo-bucket/measurements/", s3_client=bucket_block):
@@ -270,7 +294,10 @@ def _serialize(df: pd.DataFrame, kind: str, gzipped: bool, fh: Any) -> None:
         if kind == "parquet":
             df.to_parquet(fh, index=False)
         elif kind == "csv":
-            df.to_csv(fh, index=False)
+            # CRLF rows (RFC 4180): the csv writer quotes a field only if it holds a character of the line
+            # terminator, so with "\n" a lone "\r" in a value (a file name, a device name) went out unquoted
+            # and every reader split the row there
+            df.to_csv(fh, index=False, lineterminator="\r\n")
         else:
             df.to_json(fh, orient="records", lines=True, date_format="iso")
 

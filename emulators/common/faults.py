@@ -26,6 +26,12 @@ DROP_CONNECTION = "drop-connection"
 
 class Outage(BaseModel):
     start_in: float = Field(0.0, ge=0, description="Virtual seconds from now until the outage starts.")
+    start_after_requests: int | None = Field(
+        None,
+        ge=0,
+        description="Instead of start_in: start once this many matching requests have arrived, so the outage "
+        "lands mid-run however fast or slow the machine is.",
+    )
     duration: float = Field(..., gt=0, description="Virtual seconds the outage lasts.")
     status: int = Field(503, ge=500, le=599, description="Status returned during the outage.")
 
@@ -38,6 +44,9 @@ class FaultConfig(BaseModel):
     error_rate: float = Field(0.0, ge=0, le=1, description="Fraction of requests answered with error_status.")
     error_status: int = Field(503, ge=500, le=599)
     burst_429: int = Field(0, ge=0, description="The next N requests get 429 with Retry-After.")
+    burst_429_every: int = Field(
+        0, ge=0, description="Repeat the burst: after every N matching requests, the next burst_429 get 429."
+    )
     retry_after: float = Field(1.0, ge=0, description="Virtual seconds announced in Retry-After.")
     drop_rate: float = Field(0.0, ge=0, le=1, description="Fraction of requests whose connection is dropped.")
     drop_after_processing: bool = Field(
@@ -71,8 +80,9 @@ class FaultInjector:
             self._rng = random.Random(config.seed)
             self._burst_left = config.burst_429
             self._pattern = re.compile(config.path_pattern) if config.path_pattern else None
+            self._matched = 0  # requests the faults applied to since this configuration
             self._outage_window: tuple[float, float] | None = None
-            if config.outage:
+            if config.outage and config.outage.start_after_requests is None:
                 start = self._clock.now() + config.outage.start_in
                 self._outage_window = (start, start + config.outage.duration)
         return config
@@ -81,6 +91,7 @@ class FaultInjector:
         with self._lock:
             out = self.config.model_dump()
             out["burst_429_left"] = self._burst_left
+            out["matched_requests"] = self._matched
             if self._outage_window:
                 out["outage_window"] = list(self._outage_window)
             return out
@@ -91,6 +102,13 @@ class FaultInjector:
             if self._pattern is not None and not self._pattern.search(path):
                 return Decision()
             d = Decision()
+            self._matched += 1
+            if cfg.burst_429_every and self._matched % cfg.burst_429_every == 0:
+                self._burst_left = cfg.burst_429
+            outage = cfg.outage
+            if outage and self._outage_window is None and self._matched > (outage.start_after_requests or 0):
+                start = self._clock.now()
+                self._outage_window = (start, start + outage.duration)
             if cfg.latency and self._rng.random() < cfg.latency_rate:
                 d.latency = cfg.latency
             if self._outage_window:

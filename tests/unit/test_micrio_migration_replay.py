@@ -37,7 +37,7 @@ def test_a_batch_with_intent_but_no_ids_was_in_flight_at_the_crash():
         state,
     )
     assert r.unknown == ["b", "c"] and r.next_batch == 2
-    assert state["b"].needs_add(3) and state["b"].attempts == 1  # the lost attempt counts
+    assert state["b"].needs_add(1) and state["b"].attempts == 0  # a crash is not a refusal: no attempt used
 
 
 def test_transient_error_is_retried_until_attempts_run_out_and_final_errors_are_not():

@@ -70,7 +70,7 @@ def test_csv_is_streamed_not_loaded_whole(tmp_path):
     path.write_text("a,b\n" + "1,2\n" * 5_000 + "1,2,3,4,5\n")
     chunks = iter_table_chunks(str(path), chunksize=1_000)
     assert [len(next(chunks)) for _ in range(4)] == [1_000] * 4
-    with pytest.raises(pd.errors.ParserError):
+    with pytest.raises(InputError, match=r"stream.csv cannot be read as CSV: .*line 5002"):
         list(chunks)
 
 
