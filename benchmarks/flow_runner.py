@@ -145,6 +145,9 @@ def run_flow(target: str, args: dict[str, Any], timeout: float = 1800) -> FlowRu
         text=True,
         timeout=timeout,
     )
+    if os.environ.get("BENCH_FLOW_LOG"):  # where the time went: the flow's own log, appended to this file
+        with open(os.environ["BENCH_FLOW_LOG"], "a") as fh:
+            fh.write(proc.stderr)
     if proc.returncode != 0 or "RESULT " not in proc.stdout:
         raise RuntimeError(f"flow {target} failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
     after = _cpu_by_process()

@@ -23,18 +23,25 @@ BLOCK_NAMES = {
 }
 
 
+def emulator_aws_credentials(s3: Any) -> AwsCredentials:
+    """prefect-aws credentials for the S3 emulator ``s3`` (its keys, region and endpoint)."""
+    c = s3.credentials
+    return AwsCredentials(
+        aws_access_key_id=c["aws_access_key_id"],
+        aws_secret_access_key=SecretStr(c["aws_secret_access_key"]),
+        region_name=c["region_name"],
+        aws_client_parameters={"endpoint_url": s3.url},
+    )
+
+
 async def save_demo_blocks(emu: RunningEmulators, time_scale: float = 1.0) -> dict[str, str]:
     """Save one block per service, pointing at the emulators (rate intervals scaled like their clocks)."""
     saved: dict[str, str] = {}
     if "s3" in emu:
-        c = emu["s3"].credentials
-        aws = AwsCredentials(
-            aws_access_key_id=c["aws_access_key_id"],
-            aws_secret_access_key=SecretStr(c["aws_secret_access_key"]),
-            region_name=c["region_name"],
-            aws_client_parameters={"endpoint_url": emu["s3"].url},
+        aws = emulator_aws_credentials(emu["s3"])
+        await S3Bucket(bucket_name=emu["s3"].credentials["bucket"], credentials=aws).asave(
+            BLOCK_NAMES["s3"], overwrite=True
         )
-        await S3Bucket(bucket_name=c["bucket"], credentials=aws).asave(BLOCK_NAMES["s3"], overwrite=True)
         saved["s3"] = BLOCK_NAMES["s3"]
     if "micrio" in emu:
         c = emu["micrio"].credentials

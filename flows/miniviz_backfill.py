@@ -40,6 +40,7 @@ from pydantic import BaseModel, Field
 from blocks.miniviz import MinivizCredentials
 from clients.errors import InputError
 from clients.miniviz import DATA_INTERVAL_S
+from clients.spread import spread_for
 from tasks.backfill import (
     REASONS,
     BackfillSender,
@@ -410,7 +411,10 @@ async def _send_all(
                     await batch_task
 
     started = time.monotonic()
-    async with creds.get_client() as client:
+    # Unpaced, many requests in flight: one-connection pools, cheaper per request than one big httpx pool
+    # (clients/spread.py). Paced, one in flight: the default transport, whose wire the pacer can time.
+    transport = spread_for(in_flight) if in_flight > 1 else None
+    async with creds.get_client(transport=transport) as client:
         sender = BackfillSender(client, log, in_flight, progress=progress)
         try:
             async with asyncio.TaskGroup() as group:

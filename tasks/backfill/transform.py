@@ -142,7 +142,9 @@ class SeenRows:
         if len(self._sorted):
             where = np.minimum(np.searchsorted(self._sorted, digests), len(self._sorted) - 1)
             repeat |= self._sorted[where] == digests
-        self._sorted = np.sort(np.concatenate([self._sorted, unique]), kind="stable")
+        merged = np.concatenate([self._sorted, unique])
+        merged.sort(kind="stable")  # in place: two sorted runs merge in linear time
+        self._sorted = merged
         return repeat
 
 

@@ -15,10 +15,11 @@ import httpx
 import pandas as pd
 import pytest
 from prefect.settings import PREFECT_API_URL
-from prefect_aws import AwsCredentials, S3Bucket
+from prefect_aws import S3Bucket
 from pydantic import SecretStr
 
 from blocks import MicrioCredentials
+from demo.setup import emulator_aws_credentials
 from emulators.launcher import running_emulators
 from flows.micrio_migration import migrate_to_micrio
 from tasks.journal import Journal
@@ -57,12 +58,7 @@ def blocks_saved(emu, prefect_harness):
         max_attempts=4,
     ).save("micrio-test", overwrite=True)
     c = emu["s3"].credentials
-    creds = AwsCredentials(
-        aws_access_key_id=c["aws_access_key_id"],
-        aws_secret_access_key=c["aws_secret_access_key"],
-        region_name=c["region_name"],
-        aws_client_parameters={"endpoint_url": emu["s3"].url},
-    )
+    creds = emulator_aws_credentials(emu["s3"])
     S3Bucket(bucket_name=c["bucket"], credentials=creds).save("s3-test", overwrite=True)
     return {"micrio_block": "micrio-test", "s3_bucket_block": "s3-test"}
 

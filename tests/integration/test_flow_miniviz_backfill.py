@@ -25,10 +25,11 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL
-from prefect_aws import AwsCredentials, S3Bucket
+from prefect_aws import S3Bucket
 from pydantic import SecretStr
 
 from blocks import MinivizCredentials
+from demo.setup import emulator_aws_credentials
 from emulators.launcher import running_emulators
 from flows.miniviz_backfill import miniviz_backfill
 from tasks.backfill import FatalSendError
@@ -78,12 +79,7 @@ def s3(emu):
 @pytest.fixture(scope="module")
 def blocks(emu, svc, prefect_harness):
     c = emu["s3"].credentials
-    aws = AwsCredentials(
-        aws_access_key_id=c["aws_access_key_id"],
-        aws_secret_access_key=c["aws_secret_access_key"],
-        region_name=c["region_name"],
-        aws_client_parameters={"endpoint_url": emu["s3"].url},
-    )
+    aws = emulator_aws_credentials(emu["s3"])
     S3Bucket(bucket_name=c["bucket"], credentials=aws).save("backfill-s3", overwrite=True)
     common = {"base_url": svc.url, "max_retry_seconds": 30}
     MinivizCredentials(

@@ -18,11 +18,12 @@ import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
-from prefect_aws import AwsCredentials, S3Bucket
+from prefect_aws import S3Bucket
 from pydantic import SecretStr
 
 from blocks import MinivizCredentials, VizioSenseCredentials
 from clients.miniviz import LABEL_KEY_RE, MAX_IMAGE_BYTES
+from demo.setup import emulator_aws_credentials
 from emulators.launcher import running_emulators
 from flows.snapshot_harvest import harvest_snapshots
 from tasks import fit_pool
@@ -87,9 +88,7 @@ def blocks(emu, prefect_harness):
             image_interval_seconds=IMAGE_INTERVAL,
         ).save(f"mvz-{project}", overwrite=True)
     c = emu["s3"].credentials
-    credentials = AwsCredentials(aws_access_key_id=c["aws_access_key_id"], region_name=c["region_name"],
-                                 aws_secret_access_key=c["aws_secret_access_key"],
-                                 aws_client_parameters={"endpoint_url": emu["s3"].url})  # fmt: skip
+    credentials = emulator_aws_credentials(emu["s3"])
     S3Bucket(bucket_name=c["bucket"], credentials=credentials, bucket_folder=FOLDER).save(
         "s3-harvest-test", overwrite=True
     )

@@ -29,11 +29,11 @@ from typing import Any
 import pandas as pd
 import pytest
 import yaml
-from prefect_aws import AwsCredentials, S3Bucket
+from prefect_aws import S3Bucket
 from pydantic import SecretStr
 
 from blocks import MicrioCredentials, MinivizCredentials
-from demo.setup import put_micrio_samples, s3_client
+from demo.setup import emulator_aws_credentials, put_micrio_samples, s3_client
 from emulators.launcher import RunningEmulators, running_emulators
 from tests.reliability.prefect_stack import (
     ROOT,
@@ -188,13 +188,7 @@ def deployment_file(tmp: Path) -> Path:
 async def save_blocks(emu: RunningEmulators, prefix: str) -> None:
     """Micrio, Miniviz and S3 blocks named ``<prefix>-micrio`` ...; plus ``<prefix>-results`` (S3 folder for
     flow results)."""
-    c = emu["s3"].credentials
-    aws = AwsCredentials(
-        aws_access_key_id=c["aws_access_key_id"],
-        aws_secret_access_key=SecretStr(c["aws_secret_access_key"]),
-        region_name=c["region_name"],
-        aws_client_parameters={"endpoint_url": emu["s3"].url},
-    )
+    aws = emulator_aws_credentials(emu["s3"])
     await S3Bucket(bucket_name=BUCKET, credentials=aws).asave(f"{prefix}-s3", overwrite=True)
     await S3Bucket(bucket_name=BUCKET, bucket_folder=RESULTS_PREFIX, credentials=aws).asave(
         f"{prefix}-results", overwrite=True

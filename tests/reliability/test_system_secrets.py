@@ -21,11 +21,17 @@ from urllib.parse import quote, quote_plus
 
 import httpx
 import pytest
-from prefect_aws import AwsCredentials, S3Bucket
+from prefect_aws import S3Bucket
 from pydantic import SecretStr
 
 from blocks import HautCredentials, MicrioCredentials, MinivizCredentials, VizioSenseCredentials
-from demo.setup import put_history_sample, put_micrio_samples, put_selfie_samples, s3_client
+from demo.setup import (
+    emulator_aws_credentials,
+    put_history_sample,
+    put_micrio_samples,
+    put_selfie_samples,
+    s3_client,
+)
 from emulators.launcher import RunningEmulators, running_emulators
 from emulators.registry import service_module
 from tests.reliability.prefect_stack import (
@@ -108,12 +114,7 @@ async def save_blocks(emu: RunningEmulators) -> None:
     """The block names prefect.yaml's deployments default to, holding the distinctive secrets. VizioSense and
     Haut log in with a password, so their issued tokens are in play too."""
     c = emu["s3"].credentials
-    aws = AwsCredentials(
-        aws_access_key_id=c["aws_access_key_id"],
-        aws_secret_access_key=SecretStr(c["aws_secret_access_key"]),
-        region_name=c["region_name"],
-        aws_client_parameters={"endpoint_url": emu["s3"].url},
-    )
+    aws = emulator_aws_credentials(emu["s3"])
     await S3Bucket(bucket_name=c["bucket"], credentials=aws).asave("s3-demo", overwrite=True)
     m = emu["micrio"].credentials
     await MicrioCredentials(
