@@ -1,4 +1,4 @@
-"""Unit tests of the Miniviz backfill transform (tasks/backfill.py): rows -> events / rejections.
+"""Unit tests of the Miniviz backfill transform (tasks/backfill/): rows -> events / rejections.
 
 Plus the pieces that make resuming exact: the sent-index replay of the journal and the sender's bound on
 unjournaled events (a fake client, no network).
