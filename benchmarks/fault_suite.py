@@ -14,16 +14,13 @@ in the flow process) and the injected faults, and the time overhead: wall time w
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from tests.reliability.faultkit import CASES, EMULATOR_CONFIG, SERVICES, clear, inject, save_blocks
 
-from .flow_runner import REPO_ROOT, bench_environment
+from .flow_runner import bench_environment, run_flow_script
 from .harness import scenario
 
 TIME_SCALE = 0.1
@@ -49,27 +46,6 @@ if __name__ == "__main__":
 """
 
 
-def _run(target: str, args: dict[str, Any]) -> dict[str, Any]:
-    from prefect.settings import PREFECT_API_URL
-
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": PREFECT_API_URL.value(),
-        "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "WARNING",
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", FLOW_SCRIPT, target, json.dumps(args)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    if "RESULT " not in proc.stdout:
-        raise RuntimeError(f"flow {target} crashed (exit {proc.returncode}): {proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.split("RESULT ", 1)[1])
-
-
 def _one_run(emu: Any, case: Any, tmp: Path, blocks: dict[str, str], label: str, faults: bool) -> dict:
     clear(emu)
     workdir = tmp / f"{case.name}-{label}"
@@ -77,7 +53,7 @@ def _one_run(emu: Any, case: Any, tmp: Path, blocks: dict[str, str], label: str,
     run = case.prepare(emu, workdir, blocks, TIME_SCALE)
     if faults:
         inject(emu, case.faults())
-    result = _run(case.target, run.args)
+    result = run_flow_script(FLOW_SCRIPT, case.target, run.args, timeout=900)
     acc = case.account(emu, run)
     return {**result, "accounting": acc}
 

@@ -127,8 +127,9 @@ def _block_type(service: str) -> Any:
     return types[service]
 
 
-def run_flow(target: str, args: dict[str, Any], timeout: float = 1800) -> FlowRun:
-    """Run ``module:flow`` with ``args`` in a subprocess against the current (temporary) Prefect API."""
+def run_flow_script(script: str, target: str, args: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+    """Run ``script`` (which prints ``RESULT <json>``) for flow ``module:flow`` with ``args`` in a subprocess
+    against the current (temporary) Prefect API; returns that JSON."""
     from prefect.settings import PREFECT_API_URL
 
     env = {
@@ -136,9 +137,8 @@ def run_flow(target: str, args: dict[str, Any], timeout: float = 1800) -> FlowRu
         "PREFECT_API_URL": PREFECT_API_URL.value(),
         "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "WARNING",
     }
-    before = _cpu_by_process()
     proc = subprocess.run(
-        [sys.executable, "-c", FLOW_SCRIPT, target, json.dumps(args)],
+        [sys.executable, "-c", script, target, json.dumps(args)],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -150,8 +150,14 @@ def run_flow(target: str, args: dict[str, Any], timeout: float = 1800) -> FlowRu
             fh.write(proc.stderr)
     if proc.returncode != 0 or "RESULT " not in proc.stdout:
         raise RuntimeError(f"flow {target} failed (exit {proc.returncode}): {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.split("RESULT ", 1)[1])
+
+
+def run_flow(target: str, args: dict[str, Any], timeout: float = 1800) -> FlowRun:
+    """Run ``module:flow`` with ``args`` in a subprocess (``run_flow_script``): its figures and CPU use."""
+    before = _cpu_by_process()
+    result = run_flow_script(FLOW_SCRIPT, target, args, timeout)
     after = _cpu_by_process()
-    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
     # Emulators and server are counted over the subprocess's life: they idle while it starts up.
     cpu = {**result.pop("cpu"), **{k: after[k] - before.get(k, 0.0) for k in after}}
     cpu["other"] = cpu["machine"] - sum(v for k, v in cpu.items() if k != "machine")

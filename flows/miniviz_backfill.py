@@ -9,8 +9,8 @@ Two passes over the input, both streamed chunk by chunk (memory stays flat whate
 2. **Send** (one task per batch of ``batch_size`` events, ``miniviz-backfill-send-batch``): the same
    deterministic transform again, skipping the events the journal shows as sent, through one shared Miniviz
    client: paced at the project's interval (each request leaves one interval after the previous answer began
-   to arrive, timed at the socket, so no 429), or ``concurrency`` requests at once over several HTTP clients
-   when the interval is 0. The summary's ``send_timing`` says where the send time went.
+   to arrive, timed at the socket, so no 429), or ``concurrency`` requests at once over one-connection pools
+   (``clients/spread.py``) when the interval is 0. The summary's ``send_timing`` says where the send time went.
 
 Resuming: every event of a file has a number (``seq``) fixed by the file and the transform parameters. An
 acknowledged event is journaled (``{"t": "sent", "f": <file>, "r": [[start, end)]}``, group-committed, fsynced)

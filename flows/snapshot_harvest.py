@@ -10,8 +10,8 @@
    with ASCII metadata (device uuid, name, city, country, label, request time; non-ASCII text as RFC 2047
    ``=?UTF-8?B?...?=`` words), then **fit** a copy into Miniviz's 204,800 bytes (Pillow, in ``fit_workers``
    worker processes started once per run: highest JPEG quality that fits, PNG when smaller, downscaled only
-   if needed) and **push** it with the camera's ``label_key``. Each service's HTTP calls are spread over one
-   client per 4 requests in flight (httpx slows down with many on one client).
+   if needed) and **push** it with the camera's ``label_key``. Each service's HTTP calls go over one-connection
+   pools (``clients/spread.py``: httpx slows down with many requests in flight on one pool).
 3. **Pacing, never a 429 loop.** Miniviz takes one image per label per 60 s. One Miniviz client serves the
    whole run, and a small pacing state (``state``: local JSON file by default, or ``s3://``) remembers when
    each label last got an image, so a harvest started right after another *defers* every image push with the
@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import math
 import os
 import time
 from collections import Counter
@@ -48,6 +47,7 @@ from blocks.miniviz import MinivizCredentials
 from blocks.viziosense import VizioSenseCredentials
 from clients.errors import InputError
 from clients.miniviz import MAX_IMAGE_BYTES
+from clients.spread import spread_for
 from clients.viziosense import Device
 from tasks.fit_pool import FitPool
 from tasks.harvest import (
@@ -75,8 +75,6 @@ FLOW_NAME = "snapshot-harvest"
 STATE_DIR = ".pipeline-state/snapshot-harvest"
 MAX_TABLE_ROWS = 1000  # per-camera table artifact; the report file always has every row
 MAX_LINK_ROWS = 500  # cameras listed in the links artifact
-REQUESTS_PER_HTTP_CLIENT = 4  # httpx slows down with more in flight on one client (performance-notes.md)
-MAX_HTTP_CLIENTS = 32  # the blocks' own upper bound for parallel_connections
 TABLE_COLUMNS = ["device_name", "device_uuid", "label_key", "status", "reason", "s3_raw_key", "s3_annotated_key",
                  "image_push", "image_push_reason", "miniviz_image_id", "data_event", "miniviz_data_id",
                  "bytes_before_fit", "bytes_after_fit", "seconds_until_ready", "seconds_total"]  # fmt: skip
@@ -205,11 +203,9 @@ async def harvest_snapshots(
             "image_timeout_seconds", "ready_after + timeout must end inside the 30 min link validity"
         )
 
-    vizio_credentials = _spread(await VizioSenseCredentials.aload(viziosense_block), concurrency)
+    vizio_credentials = await VizioSenseCredentials.aload(viziosense_block)
     bucket = bucket_ref(await S3Bucket.aload(s3_bucket_block))
-    miniviz_credentials = (
-        _spread(await MinivizCredentials.aload(miniviz_block), concurrency) if miniviz_block else None
-    )
+    miniviz_credentials = await MinivizCredentials.aload(miniviz_block) if miniviz_block else None
     progress = Progress(f"{FLOW_NAME}-progress", "Cameras harvested")
     await progress.update(0, "listing cameras")
 
@@ -251,12 +247,17 @@ async def harvest_snapshots(
         fit_workers=fit_workers or os.cpu_count() or 2,
     )
     vizio = vizio_credentials.get_client(
+        spread_for(concurrency),
         image_ready_after=ready_after_seconds,
         image_poll_interval=poll_interval_seconds,
         image_timeout=image_timeout_seconds,
     )
     # ONE Miniviz client for the whole run: its pacers (per label, per project) live in the instance.
-    miniviz = miniviz_credentials.get_client(retry_on_429=False) if miniviz_credentials else None
+    miniviz = (
+        miniviz_credentials.get_client(spread_for(concurrency), retry_on_429=False)
+        if miniviz_credentials
+        else None
+    )
     if miniviz is not None and pacing is not None:
         pacing.seed(miniviz, (r.label_key for r in rows if r.label_key))
     executor = ThreadPoolExecutor(s3_workers, thread_name_prefix="harvest-s3")
@@ -339,14 +340,6 @@ async def harvest_snapshots(
             f"first error: {asked[0].reason}"
         )
     return summary
-
-
-def _spread(credentials: Any, concurrency: int) -> Any:
-    """The block with at least one HTTP client per ``REQUESTS_PER_HTTP_CLIENT`` requests the run keeps in flight
-    (its own ``parallel_connections`` if higher)."""
-    wanted = min(MAX_HTTP_CLIENTS, math.ceil(concurrency / REQUESTS_PER_HTTP_CLIENT))
-    clients = max(credentials.parallel_connections, wanted)
-    return credentials.model_copy(update={"parallel_connections": clients})
 
 
 def _summarise(rows: list[CameraResult], report: str, state: str | None) -> HarvestSummary:

@@ -23,11 +23,8 @@ import json
 import re
 from pathlib import Path
 
-import httpx
 import pytest
 
-from clients.timing import FakeClock, Pacer
-from clients.transport import HttpService, HttpSettings
 from emulators.common import FaultConfig, ManualClock
 from emulators.common.faults import FaultInjector
 from emulators.launcher import running_emulators
@@ -160,40 +157,7 @@ async def test_a_run_where_every_item_fails_says_why(name, emu, blocks, tmp_path
     assert case.account(emu, run).done == 0
 
 
-# --- the transport and injector behaviour the suite relies on (fake clocks, no network) ----------------------
-
-
-class SpyPacer(Pacer):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.pushed_back: list[float] = []
-
-    def push_back(self, seconds: float) -> None:
-        self.pushed_back.append(seconds)
-        super().push_back(seconds)
-
-
-@pytest.mark.parametrize(
-    "answer,everyone_waits",
-    [((503, {}), False), ((503, {"Retry-After": "3"}), True), ((429, {}), True)],
-)
-async def test_only_a_service_request_to_wait_pauses_every_paced_caller(answer, everyone_waits):
-    """A bare 503 (5 % of requests in the mixed profile) backs off its own request; a 429 or a Retry-After
-    (an outage) is about the service as a whole, so every caller sharing the pacer waits."""
-    answers = [answer, (200, {})]
-
-    def next_answer(request: httpx.Request) -> httpx.Response:
-        status, headers = answers.pop(0)
-        return httpx.Response(status, headers=headers)
-
-    transport = httpx.MockTransport(next_answer)
-    clock = FakeClock(start=0)
-    client = HttpService("http://svc.test", settings=HttpSettings(transport=transport), clock=clock, seed=1)
-    pacer = SpyPacer(0, clock)  # no rate limit: callers overlap unless pushed back
-    response = await client._request("POST", "/x", "op", pacer=pacer)
-    assert response.status_code == 200 and not answers
-    assert bool(pacer.pushed_back) == everyone_waits
-    assert clock.monotonic() > 0  # the retry waited either way
+# --- the injector behaviour the suite relies on (fake clocks, no network) ----------------------------------
 
 
 def test_outage_can_start_after_a_number_of_requests():

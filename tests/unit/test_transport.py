@@ -155,6 +155,39 @@ async def test_429_pushes_back_the_pacer_for_every_caller():
     assert clock.monotonic() >= 5
 
 
+class SpyPacer(Pacer):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.pushed_back: list[float] = []
+
+    def push_back(self, seconds: float) -> None:
+        self.pushed_back.append(seconds)
+        super().push_back(seconds)
+
+
+@pytest.mark.parametrize(
+    "answer,everyone_waits",
+    [((503, {}), False), ((503, {"Retry-After": "3"}), True), ((429, {}), True)],
+)
+async def test_only_a_service_request_to_wait_pauses_every_paced_caller(answer, everyone_waits):
+    """A bare 503 (5 % of requests in the mixed profile) backs off its own request; a 429 or a Retry-After
+    (an outage) is about the service as a whole, so every caller sharing the pacer waits."""
+    answers = [answer, (200, {})]
+
+    def next_answer(request: httpx.Request) -> httpx.Response:
+        status, headers = answers.pop(0)
+        return httpx.Response(status, headers=headers)
+
+    transport = httpx.MockTransport(next_answer)
+    clock = FakeClock(start=0)
+    client = HttpService("http://svc.test", settings=HttpSettings(transport=transport), clock=clock, seed=1)
+    pacer = SpyPacer(0, clock)  # no rate limit: callers overlap unless pushed back
+    response = await client._request("POST", "/x", "op", pacer=pacer)
+    assert response.status_code == 200 and not answers
+    assert bool(pacer.pushed_back) == everyone_waits
+    assert clock.monotonic() > 0  # the retry waited either way
+
+
 async def wire_timed_call(clock, pacer, round_trip=0.5, parsing=2.0):
     """One call as a wire-timed transport makes it: first byte held until allowed, answer, then parsing."""
     async with pacer.slot():
