@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench emulators up down clean
+.PHONY: install test lint format demo bench emulators up down status clean
 
 # Re-install only when the dependency list changes; a second `make test` starts at once.
 $(STAMP): pyproject.toml
@@ -31,8 +31,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(SCENARIOS)
 
+# `make up` starts whatever part is not running (server, emulators, worker); `make status` shows each part.
 up: $(STAMP)
 	$(BIN)/python -m demo.stack up
+
+status: $(STAMP)
+	$(BIN)/python -m demo.stack status
 
 down: $(STAMP)
 	$(BIN)/python -m demo.stack down

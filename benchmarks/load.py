@@ -1,6 +1,6 @@
 """Raw async httpx load, without any project code: the baseline every flow is compared with.
 
-httpx slows down as concurrency per client grows (performance-notes.md), so the load is spread over a
+httpx slows down as concurrency per client grows (docs/performance.md), so the load is spread over a
 few clients per process and, optionally, over several processes.
 """
 

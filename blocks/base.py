@@ -7,11 +7,48 @@ from typing import Any, TypeVar
 
 import httpx
 from prefect.blocks.abstract import CredentialsBlock
+from prefect.blocks.core import Block
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from pydantic import Field
 
 from clients.transport import HttpSettings, RetryPolicy
 
 B = TypeVar("B", bound="ServiceCredentials")
+AnyBlock = TypeVar("AnyBlock", bound=Block)
+
+
+class BlockNotFoundError(ValueError):
+    """No saved block of this type carries the name (a misspelled block-name parameter, usually)."""
+
+
+async def load_block(block_type: type[AnyBlock], name: str) -> AnyBlock:
+    """The saved block ``name`` of ``block_type`` (ours, or prefect-aws ``S3Bucket``, ...).
+
+    A missing name raises one ``BlockNotFoundError`` that lists the saved names, instead of Prefect's three
+    chained tracebacks (HTTP 404, ObjectNotFound, ValueError).
+    """
+    try:
+        return await block_type.aload(name)
+    except ValueError as exc:
+        if not isinstance(exc.__cause__, ObjectNotFound):
+            raise
+    saved = await saved_block_names(block_type)
+    raise BlockNotFoundError(
+        f"no {block_type.get_block_type_name()} block named {name!r}; saved: {', '.join(saved) or 'none'}"
+    ) from None
+
+
+async def saved_block_names(block_type: type[Block]) -> list[str]:
+    """Names of the saved (not anonymous) blocks of ``block_type``; none when the type is not registered."""
+    try:
+        async with get_client() as client:
+            documents = await client.read_block_documents_by_type(
+                block_type.get_block_type_slug(), include_secrets=False
+            )
+    except (ObjectNotFound, PrefectHTTPStatusError):
+        return []
+    return sorted(d.name for d in documents if d.name and not d.is_anonymous)
 
 
 class ServiceCredentials(CredentialsBlock, ABC):
@@ -51,7 +88,7 @@ class ServiceCredentials(CredentialsBlock, ABC):
         if isinstance(block, cls):
             return block
         if isinstance(block, str):
-            return await cls.aload(block)
+            return await load_block(cls, block)
         raise TypeError(f"expected a {cls.__name__} or the name of a saved one, got {type(block).__name__}")
 
     def get_client(self, **kwargs: Any) -> Any:  # pragma: no cover - each service implements it

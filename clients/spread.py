@@ -1,9 +1,9 @@
 """An httpx transport that spreads requests over many one-connection pools.
 
 Why: httpcore's pool does work proportional to (connections in the pool)² each time a request starts or
-finishes, plus a ``poll()`` and a ``getpeername()`` per idle connection (performance-notes.md: one
-``httpx.AsyncClient`` with 64 requests in flight is ~3× slower than with 4). Measured on this 2-core machine
-(busy with other work), 32 requests in flight against a trivial server, client CPU per request: one pool of
+finishes, plus a ``poll()`` and a ``getpeername()`` per idle connection (docs/performance.md: one
+``httpx.AsyncClient`` with 16-64 requests in flight spends ~2× the CPU per request it does with 4).
+Measured on this 2-core machine (busy with other work), 32 requests in flight against a trivial server, client CPU per request: one pool of
 16 connections ~2.1 ms, 8 pools of 4 ~1.0 ms, 16 of 2 ~0.8 ms, 32 of 1 ~0.7 ms. Each request goes to the pool
 of its host with the fewest requests in flight, so none queues while another idles; every host has pools of
 its own (a one-connection pool asked for another host would close its connection and open a new one), and

@@ -66,7 +66,7 @@ class HttpSettings:
 
     timeout: httpx.Timeout = field(default_factory=lambda: httpx.Timeout(30.0, connect=10.0))
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    # httpx gets slower with many requests in flight on one client (performance-notes.md): spread them.
+    # httpx gets slower with many requests in flight on one client (docs/performance.md): spread them.
     pool_size: int = 1
     max_connections_per_client: int = 16
     transport: httpx.AsyncBaseTransport | None = None  # tests inject a MockTransport here

@@ -1,7 +1,7 @@
 """Haut.ai SaaS backend: accounts and tokens, datasets and applications, subjects (images: ``images.py``).
 
-Facts from apis.md §4 (DOC/INF) and §5; the choices marked ASSUMED there are followed exactly. Time comes only
-from ``self.clock`` (virtual seconds).
+Facts from docs/apis.md §4 (documented/inferred); the choices marked "our choice" there are followed
+exactly. Time comes only from ``self.clock`` (virtual seconds).
 """
 
 from __future__ import annotations

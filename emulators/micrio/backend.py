@@ -1,6 +1,6 @@
 """Micrio Server API v2 backend: organisations, folders, images and the tiling pipeline.
 
-Facts from apis.md §3 (DOC unless noted). Error bodies are ASSUMED ``{"error": "<message>"}``.
+Facts from docs/apis.md §3 (DOC unless noted). Error bodies are ASSUMED ``{"error": "<message>"}``.
 
 Each added image really fetches its ``sourceUrl`` and walks ``queued → downloading → processing → tiling →
 storing → ready`` on the emulator's clock. A pool of ``max_concurrent`` worker tasks consumes one FIFO queue,
@@ -565,7 +565,7 @@ class MicrioBackend(EmulatorBackend):
     def _client(self) -> httpx.AsyncClient:
         """A fetch client, round-robin over a small pool created lazily in the loop that uses it.
 
-        One httpx client slows down past a handful of requests in flight (performance-notes.md), so the
+        One httpx client slows down past a handful of requests in flight (docs/performance.md), so the
         pool keeps about ``CLIENT_SHARE`` workers per client.
         """
         wanted = min(MAX_CLIENTS, -(-int(self.config["max_concurrent"]) // CLIENT_SHARE))

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -195,6 +196,43 @@ def process_group(logs: Path) -> Iterator[ProcessGroup]:
 
 
 # --- PostgreSQL and Redis ---------------------------------------------------------------------------------
+
+# CI sets it (.ci/run): there a missing PostgreSQL or Redis fails the scale-out test instead of skipping it.
+REQUIRE_SERVICES_ENV = "PIPELINES_REQUIRE_PRODUCTION_SERVICES"
+
+
+def production_services() -> dict[str, tuple[str, int]]:
+    """What the scale-out test needs, by name: address."""
+    pg = urlsplit(PG_ADMIN_DSN)
+    return {"PostgreSQL": (pg.hostname or "127.0.0.1", pg.port or 5432), "Redis": (REDIS_HOST, REDIS_PORT)}
+
+
+def port_open(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Something accepts TCP connections at ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_services(services: dict[str, tuple[str, int]], required: bool | None = None) -> None:
+    """Skip the calling test (with the reason) when a service does not answer; fail it instead when
+    ``required`` (default: the ``PIPELINES_REQUIRE_PRODUCTION_SERVICES=1`` environment variable), so CI
+    cannot pass by skipping."""
+    import pytest
+
+    missing = [
+        f"{name} on {host}:{port}" for name, (host, port) in services.items() if not port_open(host, port)
+    ]
+    if not missing:
+        return
+    reason = f"needs {' and '.join(missing)} (docs/production.md); nothing answers there"
+    if required is None:
+        required = os.environ.get(REQUIRE_SERVICES_ENV) == "1"
+    if required:
+        pytest.fail(f"{reason}, and {REQUIRE_SERVICES_ENV}=1 requires them", pytrace=False)
+    pytest.skip(reason)
 
 
 def _run_async(coro: Any) -> Any:
