@@ -87,12 +87,10 @@ def micrio_migration_10k() -> dict[str, Any]:
         blocks = save_blocks(emu, micrio={"parallel_connections": 2})
         args = {
             "source": "s3://demo-bucket/bench/",
-            "folder_id": emu["micrio"].credentials["root_folder_id"],
-            "batch_size": 100,
-            "journal": f"{tmp}/journal.jsonl",
-            "report": f"{tmp}/report.parquet",
-            "poll_initial_seconds": 1.0,
-            "poll_max_seconds": 3.0,
+            "target": {"folder_id": emu["micrio"].credentials["root_folder_id"]},
+            "adding": {"batch_size": 100},
+            "polling": {"initial_seconds": 1.0, "max_seconds": 3.0},
+            "outputs": {"journal": f"{tmp}/journal.jsonl", "report": f"{tmp}/report.parquet"},
             **blocks,
         }
         run = run_flow("flows.micrio_migration:migrate_to_micrio", args)

@@ -37,7 +37,7 @@ class ImageInfo:
 
 
 def sniff_image_format(data: bytes) -> str:
-    """The image format from the magic bytes: JPEG, PNG, GIF, WEBP, TIFF, BMP, AVIF or HEIC.
+    """The image format from the magic bytes: JPEG, PNG, GIF, WEBP, TIFF, BMP, AVIF, HEIC or PSD (PSD/PSB).
 
     Raises ``InputError`` for empty or unrecognised content.
     """
@@ -56,6 +56,8 @@ def sniff_image_format(data: bytes) -> str:
         return "TIFF"
     if head[:2] == b"BM" and len(data) >= 26:
         return "BMP"
+    if head[:4] == b"8BPS" and head[4:6] in (b"\x00\x01", b"\x00\x02"):  # Photoshop: PSD (1), PSB (2)
+        return "PSD"
     if head[4:8] == b"ftyp":
         brand = head[8:12]
         if brand in (b"avif", b"avis"):

@@ -28,9 +28,30 @@ from clients.micrio import (
     check_image_ids,
     check_source,
 )
+from tasks.image_io import sniff_image_format
 
 Credentials = MicrioCredentials | str
 Source = ImageSource | Mapping[str, Any] | str
+
+# The originals Micrio accepts (docs/apis.md, Micrio): JPEG, PNG, WebP and TIFF; Enterprise also BMP and
+# Photoshop PSD/PSB. Camera RAW files built on TIFF (DNG, NEF, CR2, ARW) are recognised as TIFF.
+MICRIO_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "PSD")
+SNIFF_BYTES = 32  # enough for every signature sniff_image_format knows
+
+
+def micrio_format_problem(head: bytes) -> str | None:
+    """Why the first bytes of a source are not an original Micrio accepts, or None when they are.
+
+    Decided by content (magic bytes), never by the file name: ``photo.jpg`` holding text is refused here,
+    before Micrio spends a download on it.
+    """
+    try:
+        fmt = sniff_image_format(head)
+    except InputError as exc:
+        return f"not an image: {exc.problem}"
+    if fmt not in MICRIO_FORMATS:
+        return f"{fmt} is not a format Micrio accepts ({', '.join(MICRIO_FORMATS)})"
+    return None
 
 
 @task(name="micrio-add-images")

@@ -221,20 +221,72 @@ def exists(bucket: Bucket, key: str) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object as listed or read: its key, ETag (quotes stripped) and size in bytes; ``head`` holds the
+    first bytes when it was read with ``read_object_heads``."""
+
+    key: str
+    etag: str
+    size: int
+    head: bytes = field(default=b"", repr=False)
+
+
+def list_objects(bucket: Bucket, prefix: str = "", *, folder_markers: bool = False) -> list[ObjectInfo]:
+    """Every object under ``prefix`` (all pages), sorted by key, keys relative to the bucket folder.
+
+    The listing carries each object's ETag and size at no extra cost. Folder markers (keys ending in ``/``)
+    are left out unless ``folder_markers``.
+    """
+    ref = bucket_ref(bucket)
+    full_prefix = _full_key(ref, prefix, allow_empty=True)  # "folder/" + prefix
+    folder = ref.prefix.strip("/")
+    strip = len(folder) + 1 if folder else 0
+    found: list[ObjectInfo] = []
+    for page in ref.client.get_paginator("list_objects_v2").paginate(Bucket=ref.bucket, Prefix=full_prefix):
+        found.extend(
+            ObjectInfo(obj["Key"][strip:], obj.get("ETag", "").strip('"'), int(obj.get("Size", 0)))
+            for obj in page.get("Contents", ())
+            if folder_markers or not obj["Key"].endswith("/")
+        )
+    return sorted(found, key=lambda o: o.key)
+
+
 def list_keys(bucket: Bucket, prefix: str = "") -> list[str]:
     """Every key under ``prefix`` (all pages), sorted, relative to the bucket folder.
 
     Folder markers (keys ending in ``/``) are left out. The returned keys can be passed straight back to
     ``get_bytes``.
     """
+    return [o.key for o in list_objects(bucket, prefix)]
+
+
+def read_object_head(bucket: Bucket, key: str, nbytes: int = 32) -> ObjectInfo:
+    """The first ``nbytes`` of an object with one ranged GET (enough to tell its format by content), with its
+    ETag and full size; ``NotFoundError`` (status 404) if it does not exist. An empty object has ``head`` b""."""
     ref = bucket_ref(bucket)
-    full_prefix = _full_key(ref, prefix, allow_empty=True)  # "folder/" + prefix
-    folder = ref.prefix.strip("/")
-    strip = len(folder) + 1 if folder else 0
-    keys: list[str] = []
-    for page in ref.client.get_paginator("list_objects_v2").paginate(Bucket=ref.bucket, Prefix=full_prefix):
-        keys.extend(obj["Key"][strip:] for obj in page.get("Contents", ()) if not obj["Key"].endswith("/"))
-    return sorted(keys)
+    full_key = _full_key(ref, key)
+    try:
+        with not_found_as_error("get_object", ref.bucket, full_key):
+            got = ref.client.get_object(Bucket=ref.bucket, Key=full_key, Range=f"bytes=0-{nbytes - 1}")
+    except ClientError as err:  # S3 answers 416 to any range of an empty object
+        if str(err.response.get("Error", {}).get("Code")) != "InvalidRange":
+            raise
+        meta = ref.client.head_object(Bucket=ref.bucket, Key=full_key)
+        return ObjectInfo(key, meta.get("ETag", "").strip('"'), int(meta.get("ContentLength", 0)))
+    total = got.get("ContentRange", "").rpartition("/")[2]
+    size = int(total) if total.isdigit() else int(got.get("ContentLength", 0))
+    return ObjectInfo(key, got.get("ETag", "").strip('"'), size, got["Body"].read())
+
+
+def read_object_heads(
+    bucket: Bucket, keys: Sequence[str], nbytes: int = 32, *, max_workers: int = 16
+) -> BatchResult[ObjectInfo]:
+    """``read_object_head`` for many keys at once, on a thread pool sharing one client (synchronous: call it
+    through ``asyncio.to_thread`` from async code). Missing keys land in ``failed`` with a NotFoundError message.
+    """
+    ref = bucket_ref(bucket)
+    return _run_batch(lambda key: read_object_head(ref, key, nbytes), keys, max_workers)
 
 
 def presigned_get_url(bucket: Bucket, key: str, expires_in: int = 3600) -> str:

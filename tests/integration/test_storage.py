@@ -21,11 +21,14 @@ from tasks.storage import (
     exists,
     get_bytes,
     list_keys,
+    list_objects,
     list_s3_keys,
     parse_s3_uri,
     presign_urls,
     presigned_get_url,
     put_bytes,
+    read_object_head,
+    read_object_heads,
     s3_client_from_block,
     upload_objects,
 )
@@ -171,6 +174,28 @@ def test_list_keys_reads_every_page_and_stays_in_the_folder(bucket, raw_client, 
     assert keys == sorted(objects) and len(keys) == 1_003
     assert list_s3_keys.fn(bucket) == sorted([*objects, "cam-2/a.jpg"])
     assert get_bytes(bucket, keys[-1]) == b"x"  # listed keys go straight back in
+
+
+def test_listing_carries_etag_and_size(bucket, raw_client, bucket_name):
+    put_bytes(bucket, "etag/a.jpg", b"AAAA")
+    raw_client.put_object(Bucket=bucket_name, Key="harvest/etag/", Body=b"")  # folder marker
+    listed = list_objects(bucket, "etag/")
+    assert [(o.key, o.size) for o in listed] == [("etag/a.jpg", 4)]
+    assert listed[0].etag == raw_client.head_object(Bucket=bucket_name, Key="harvest/etag/a.jpg")[
+        "ETag"
+    ].strip('"')
+    assert [o.key for o in list_objects(bucket, "etag/", folder_markers=True)] == ["etag/", "etag/a.jpg"]
+
+
+def test_object_heads_are_read_with_ranged_gets(bucket, raw_client, bucket_name):
+    big = b"\xff\xd8\xff\xe0" + bytes(100_000)
+    upload_objects.fn(bucket, {"h/big.jpg": big, "h/empty.jpg": b""})
+    head = read_object_head(bucket, "h/big.jpg", 16)
+    assert (head.head, head.size) == (big[:16], len(big)) and head.etag
+    assert read_object_head(bucket, "h/empty.jpg").head == b""  # S3 refuses any range of an empty object
+    result = read_object_heads(bucket, ["h/big.jpg", "h/missing.jpg"], 8)
+    assert result.done["h/big.jpg"].head == big[:8]
+    assert result.failed["h/missing.jpg"].startswith("NotFoundError")
 
 
 def test_batch_download_reports_each_key(bucket):
