@@ -72,14 +72,27 @@ def history_csv(rows: int) -> Path:
     return path
 
 
-def _flow_args(tmp: Path, source: Path, blocks: dict[str, str], **extra: Any) -> dict[str, Any]:
-    return {
+def _flow_args(
+    tmp: Path,
+    source: Path,
+    blocks: dict[str, str],
+    *,
+    concurrency: int | None = None,
+    label_column: str | None = None,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """The flow's parameters (grouped as the flow takes them)."""
+    args: dict[str, Any] = {
         "source": str(source),
-        "journal": str(tmp / "journal.jsonl"),
-        "report": str(tmp / "report.csv"),
+        "dry_run": dry_run,
+        "outputs": {"journal": str(tmp / "journal.jsonl"), "report": str(tmp / "report.csv")},
         **blocks,
-        **extra,
     }
+    if concurrency is not None:
+        args["pacing"] = {"concurrency": concurrency}
+    if label_column is not None:
+        args["events"] = {"label_column": label_column}
+    return args
 
 
 def _arrivals(svc: Any) -> list[float]:

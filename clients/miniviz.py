@@ -1,4 +1,4 @@
-"""Miniviz client: data events, image events (Pro plan) and image retrieval (apis.md §1).
+"""Miniviz client: data events, image events (Pro plan) and image retrieval (docs/apis.md §1).
 
 Every documented constraint is checked before sending, and both documented rate limits are paced in
 process (data: one event per interval per project; images: one per 60 s per label_key), so a caller
@@ -38,7 +38,6 @@ MAX_PAYLOAD_KEYS = 8
 MAX_PAYLOAD_BYTES = 400
 MAX_IMAGE_BYTES = 204_800
 MAX_IMAGE_NAME = 255
-MIN_TIMESTAMP_MS = 10**12
 
 PayloadValue = str | int | float
 
@@ -70,13 +69,12 @@ def check_label_key(label_key: Any) -> str:
 
 
 def check_timestamp_ms(timestamp_ms: Any) -> int:
+    """An integer count of UNIX milliseconds: all Miniviz documents (no lower or upper bound, so dates before
+    1970 are negative and historical data before 2001 is accepted; docs/apis.md). A value the service refuses
+    comes back as its own 400 error."""
     if isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int):
         raise InputError(
             "timestamp", f"must be an integer, got {type(timestamp_ms).__name__}", "UNIX time in ms"
-        )
-    if timestamp_ms < MIN_TIMESTAMP_MS:
-        raise InputError(
-            "timestamp", f"{timestamp_ms} looks like seconds, not milliseconds", "UNIX time in ms"
         )
     return timestamp_ms
 

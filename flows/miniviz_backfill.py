@@ -29,14 +29,15 @@ import json
 import math
 import time
 from collections import Counter
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import pandas as pd
 from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 from prefect_aws.s3 import S3Bucket
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
+from blocks.base import load_block
 from blocks.miniviz import MinivizCredentials
 from clients.errors import InputError
 from clients.miniviz import DATA_INTERVAL_S
@@ -51,17 +52,24 @@ from tasks.backfill import (
     ScanProgress,
     SentIndex,
     Tally,
-    datetime_to_ms,
     estimate_seconds,
     file_id,
     format_duration,
     iter_pending_batches,
-    resample_milliseconds,
     scan_backfill,
     send_backfill_batch,
 )
+from tasks.backfill.options import (
+    CsvOptions,
+    EventOptions,
+    OutputOptions,
+    PacingOptions,
+    TimestampOptions,
+    build_spec,
+)
 from tasks.journal import Journal
 from tasks.reports import MAX_MARKDOWN_ITEMS, Progress, publish_markdown, publish_table
+from tasks.run_state import finish
 from tasks.storage import resolve_s3_client
 from tasks.tables import list_sources, write_table
 
@@ -79,14 +87,17 @@ class BackfillSummary(BaseModel):
     files_failed: int
     rows: int
     rows_rejected: int
+    rows_skipped: int
     rows_out_of_range: int
     rows_split: int
     events: int
     events_already_sent: int
     events_to_send: int
     events_sent: int
+    events_refused: int
     events_failed: int
     rejected_by_reason: dict[str, int]
+    read_as: dict[str, str] = {}
     interval_seconds: float
     estimated_seconds: float | None
     send_seconds: float | None = None
@@ -100,89 +111,41 @@ class BackfillSummary(BaseModel):
 async def miniviz_backfill(
     source: str = "data/history/*.csv",
     miniviz_block: str = "miniviz-demo",
-    timestamp_column: str = "timestamp",
-    timestamp_unit: Literal["auto", "iso", "s", "ms", "us", "ns"] = "auto",
-    timezone: str = "UTC",
-    label_column: str | None = "label_key",
-    label_key: str | None = None,
-    metrics: list[str] | None = None,
-    rename: dict[str, str] | None = None,
-    start: dt.datetime | None = None,
-    end: dt.datetime | None = None,
-    resample: str | None = None,
-    resample_how: Literal["mean", "median", "min", "max", "sum", "first", "last"] = "mean",
-    oversize: Literal["split", "reject"] = "split",
     dry_run: bool = False,
-    data_interval_seconds: Annotated[float, Field(ge=0)] | None = None,
-    concurrency: Annotated[int, Field(ge=1, le=256)] = 16,
-    parallel_connections: Annotated[int, Field(ge=1, le=32)] | None = None,
-    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 1000,
-    chunk_rows: Annotated[int, Field(ge=100, le=1_000_000)] = 20_000,
-    journal: str | None = None,
-    report: str | None = None,
-    dead_letter: str | None = None,
-    s3_bucket_block: str | None = None,
+    csv: CsvOptions = CsvOptions(),  # noqa: B008 - immutable pydantic defaults, shown in the UI
+    timestamps: TimestampOptions = TimestampOptions(),  # noqa: B008
+    events: EventOptions = EventOptions(),  # noqa: B008
+    pacing: PacingOptions = PacingOptions(),  # noqa: B008
+    outputs: OutputOptions = OutputOptions(),  # noqa: B008
+    s3_bucket_block: str = "",
 ) -> BackfillSummary:
-    """Backfill historical measurements (CSV or Parquet) into a Miniviz project, paced and resumable.
+    """Backfill historical measurements (CSV, Parquet, JSON Lines) into a Miniviz project, paced and resumable.
+
+    Ends Completed only when every event was sent (or already sent by an earlier run) and no row needs fixing;
+    otherwise Failed, after the report and the dead-letter file are written, with the counts in the message.
+    Skipped by design (Completed): rows outside start/end, exact duplicate rows, rows whose every metric is
+    empty (a gap in the measurements), files with a header and no row. Rejected (Failed): every
+    other row that cannot be sent (bad timestamp, no label, unusable value, ragged CSV line, an event Miniviz
+    refuses as invalid), and a file that cannot be read or lacks a column. A source with nothing to send is
+    Failed too. A dry run ends in the state the real run would (if every send succeeded).
 
     Args:
-        source: Input: a CSV/Parquet file, a glob (`data/*.parquet`), a directory, or an `s3://bucket/prefix/`.
+        source: A CSV/Parquet/JSON Lines file, a glob (data/*.parquet), a directory, or s3://bucket/prefix/.
         miniviz_block: Name of the saved Miniviz Credentials block (project, token, plan, data interval).
-        timestamp_column: Column holding the time of each row.
-        timestamp_unit: `auto` (ISO 8601 text, or epoch numbers whose unit is read from their size), `iso`, or
-            an epoch unit: `s`, `ms`, `us`, `ns`.
-        timezone: Time zone of naive times (no offset), e.g. `Europe/Paris`; times with an offset keep it.
-        label_column: Column naming the device/location of each row; mapped into Miniviz's label characters.
-        label_key: One fixed label for every row instead of a label column.
-        metrics: Columns to send as payload keys; empty sends every column but the timestamp and label.
-        rename: Payload key for a column, e.g. `{"temp_c": "temperature"}`.
-        start: Send only rows at or after this time (naive: in `timezone`).
-        end: Send only rows before this time (naive: in `timezone`).
-        resample: Aggregate into fixed buckets per label, e.g. `15min` or `1h`, so a backfill fits the rate
-            limit; empty sends every row. Assumes each label's rows are in time order within a file.
-        resample_how: Aggregation of numeric metrics in a bucket (text metrics take the last value).
-        oversize: Rows over 8 metrics or 400 bytes: `split` into several events (same label and time) or
-            `reject` them to the dead-letter file.
         dry_run: Plan only: count events and rejections and estimate the time; send nothing.
-        data_interval_seconds: Seconds between events; empty uses the block's setting or the plan's documented
-            interval (Pro 15 s, Free 60 s); 0 = no rate limit (self-hosted endpoint, emulator).
-        concurrency: Events in flight at once when there is no rate limit (paced runs send one at a time);
-            also the most events a crash can make a re-run send twice.
-        parallel_connections: HTTP clients to spread concurrent requests over; empty: one per 4 in flight.
-        batch_size: Events per send task run.
-        chunk_rows: Rows read and transformed at a time (memory), also part of the resume key when resampling.
-        journal: Where progress is journaled (local path or `s3://bucket/prefix/`); empty: a file under
-            `.pipeline-state/miniviz-backfill/` keyed by the source, project and transform parameters.
-        report: Report file (per file and label), `.csv` or `.parquet`, local or `s3://`; empty:
-            `reports/miniviz-backfill-<UTC time>.csv`.
-        dead_letter: CSV of rejected rows and failed events with the reason, local or `s3://`; empty: next to
-            the report, ending in `-dead-letter.csv`.
-        s3_bucket_block: Name of a saved S3Bucket block whose credentials reach the `s3://` paths (endpoint URL
-            for a local S3); empty uses boto3's default credentials.
+        csv: How CSV files are read: separator, encoding, decimal mark (detected by default).
+        timestamps: The time column and how to read it: format, epoch unit, time zone, start and end.
+        events: Labels, metrics, renaming, resampling, and what to do with oversized rows.
+        pacing: Data interval, concurrency, batch and chunk sizes.
+        outputs: Journal, report and dead-letter locations.
+        s3_bucket_block: Name of a saved S3Bucket block whose credentials reach the s3:// paths (endpoint URL for
+            a local S3). Empty: boto3's default credentials.
     """
     logger = get_run_logger()
-    spec = BackfillSpec(
-        timestamp_column=timestamp_column,
-        timestamp_unit=timestamp_unit,
-        timezone=timezone,
-        label_column=label_column if label_key is None else None,
-        label_key=label_key,
-        metrics=tuple(metrics) if metrics else None,
-        rename=tuple(sorted((rename or {}).items())),
-        start_ms=None,
-        end_ms=None,
-        oversize=oversize,
-        resample_ms=resample_milliseconds(resample),
-        resample_how=resample_how,
-    )
-    spec.check()  # timezone first: the time range needs it
-    spec = BackfillSpec(
-        **{
-            **spec.__dict__,
-            "start_ms": datetime_to_ms(start, timezone),
-            "end_ms": datetime_to_ms(end, timezone),
-        }
-    ).check()
+    spec = build_spec(csv, timestamps, events)
+    data_interval_seconds = pacing.data_interval_seconds if pacing.data_interval_seconds >= 0 else None
+    concurrency, chunk_rows, batch_size = pacing.concurrency, pacing.chunk_rows, pacing.batch_size
+    journal, report, dead_letter = outputs.journal, outputs.report, outputs.dead_letter
 
     creds = await MinivizCredentials.resolve(miniviz_block)
     updates: dict[str, Any] = {}
@@ -197,14 +160,14 @@ async def miniviz_backfill(
     )
     # paced: one event at a time (the client's pacer allows no more), so a crash re-sends at most one
     in_flight = 1 if interval > 0 else concurrency
-    updates["parallel_connections"] = parallel_connections or max(
+    updates["parallel_connections"] = pacing.parallel_connections or max(
         creds.parallel_connections, math.ceil(in_flight / 4)
     )
     creds = creds.model_copy(update=updates)
 
     s3_client = None
     if s3_bucket_block:
-        s3_client = resolve_s3_client(await S3Bucket.aload(s3_bucket_block))
+        s3_client = resolve_s3_client(await load_block(S3Bucket, s3_bucket_block))
     elif any(p and p.startswith("s3://") for p in (source, journal, report, dead_letter)):
         import boto3
 
@@ -311,14 +274,17 @@ async def miniviz_backfill(
         files_failed=len(tally.file_errors),
         rows=tally.total("rows"),
         rows_rejected=tally.total("rejected_rows"),
+        rows_skipped=tally.total("skipped_rows"),
         rows_out_of_range=tally.total("out_of_range_rows"),
         rows_split=tally.total("split_rows"),
         events=tally.total("events"),
         events_already_sent=tally.total("already_sent"),
         events_to_send=to_send,
         events_sent=tally.total("sent"),
+        events_refused=tally.total("refused"),
         events_failed=tally.total("failed"),
         rejected_by_reason=dict(tally.reasons.most_common()),
+        read_as=tally.read_as,
         interval_seconds=interval,
         estimated_seconds=estimate_seconds(to_send, interval),
         send_seconds=send_figures.pop("send_seconds", None),
@@ -327,16 +293,51 @@ async def miniviz_backfill(
         dead_letter=dead_letter_location,
         journal=journal_location,
     )
-    logger.info(
-        "Backfill %s: %d sent, %d failed, %d already sent before; report %s, dead letters %s",
-        "planned" if dry_run else "finished",
-        summary.events_sent,
-        summary.events_failed,
-        summary.events_already_sent,
-        report_location,
-        dead_letter_location,
+    for path, how in tally.read_as.items():
+        logger.info("Read %s as CSV: %s", path, how)
+    return finish(
+        summary,
+        what="items (events sent or planned, rows skipped or rejected)",
+        counts=_outcome_counts(summary, tally),
+        report=f"{report_location}, dead letters {dead_letter_location}"
+        if dead_letters.count
+        else report_location,
+        problems=_problems(summary, tally),
+        logger=logger,
     )
-    return summary
+
+
+def _outcome_counts(summary: BackfillSummary, tally: Tally) -> dict[str, int]:
+    """The run's outcomes (tasks/run_state.py): events done, failed or (dry run) deferred; rows skipped by
+    design (outside start/end, duplicates, empty measurements) or rejected (everything else the user must fix)."""
+    return {
+        "done": summary.events_sent + summary.events_already_sent,
+        "deferred": summary.events_to_send if summary.dry_run else 0,
+        "skipped": summary.rows_skipped + summary.rows_out_of_range + _empty_files(tally),
+        "rejected": summary.rows_rejected + summary.events_refused,
+        "failed": summary.events_failed,
+    }
+
+
+def _empty_files(tally: Tally) -> int:
+    """Files that hold a header and no row: skipped (e.g. an empty partition of an export)."""
+    with_rows = {source for (source, _), c in tally.by_label.items() if c["rows"]}
+    return sum(1 for f in tally.files if f not in with_rows and f not in tally.file_errors)
+
+
+def _problems(summary: BackfillSummary, tally: Tally) -> list[str]:
+    """Input-level errors: files that cannot be read or mapped, and a source with nothing to send."""
+    problems = [
+        f"{path}: {_first_line(error.removeprefix('InputError: ').replace(f'source: {path} ', ''))}"
+        for path, error in tally.file_errors.items()
+    ]
+    if not problems and not summary.events and not summary.rows_rejected:  # e.g. every row outside start/end
+        problems.append(f"nothing to send in {summary.files} file(s)")
+    return problems
+
+
+def _first_line(text: str) -> str:
+    return " ".join(text.split())[:300]
 
 
 async def _send_all(
@@ -381,7 +382,9 @@ async def _send_all(
                 tally.cell(path, label)["sent"] += n
             for event, error in outcome.failed:
                 _record_failure(path, event, error, tally, dead_letters, failures)
-            failed_in_file[path] += len(outcome.failed)
+            for event, error in outcome.refused:
+                _record_failure(path, event, error, tally, dead_letters, failures, refused=True)
+            failed_in_file[path] += len(outcome.failed) + len(outcome.refused)
 
         try:
             while (item := await queue.get()) is not None:
@@ -445,9 +448,13 @@ def _record_failure(
     tally: Tally,
     dead_letters: DeadLetterWriter,
     failures: list[dict[str, Any]],
+    refused: bool = False,
 ) -> None:
-    tally.cell(path, event.label_key)["failed"] += 1
-    dead_letters.failed(path, event, error)
+    tally.cell(path, event.label_key)["refused" if refused else "failed"] += 1
+    if refused:
+        tally.reasons["refused_by_service"] += 1
+        tally.reason_examples.setdefault("refused_by_service", (path, event.row, error))
+    dead_letters.failed(path, event, error, refused=refused)
     if len(failures) < MAX_MARKDOWN_ITEMS:
         failures.append(
             {
@@ -455,7 +462,7 @@ def _record_failure(
                 "row": event.row,
                 "label_key": event.label_key,
                 "timestamp": event.timestamp,
-                "error": error,
+                "error": ("refused as invalid: " if refused else "") + error,
             }
         )
 
@@ -495,10 +502,18 @@ def _report_frame(tally: Tally, dry_run: bool, stopped: str = "") -> pd.DataFram
         to_send = c["events"] - c["already_sent"]
         if source in tally.file_errors:
             status = "failed"
-        elif c["failed"]:
+        elif c["failed"] or c["refused"]:
             status = "partial"
         elif not c["events"]:
-            status = "rejected" if c["rejected_rows"] else "out_of_range" if c["out_of_range_rows"] else ""
+            status = (
+                "rejected"
+                if c["rejected_rows"]
+                else "out_of_range"
+                if c["out_of_range_rows"]
+                else "skipped"
+                if c["skipped_rows"]
+                else ""
+            )
         elif dry_run:
             status = "planned" if to_send else "done"
         else:
@@ -514,6 +529,7 @@ def _report_frame(tally: Tally, dry_run: bool, stopped: str = "") -> pd.DataFram
                 **{f: c[f] for f in Tally.FIELDS},
                 "to_send": to_send,
                 "error": error,
+                "read_as": tally.read_as.get(source, ""),
             }
         )
     reported = {source for source, _ in tally.by_label}
@@ -528,9 +544,10 @@ def _report_frame(tally: Tally, dry_run: bool, stopped: str = "") -> pd.DataFram
                     **{f: 0 for f in Tally.FIELDS},
                     "to_send": 0,
                     "error": error or "the file holds no rows",
+                    "read_as": tally.read_as.get(source, ""),
                 }
             )
-    columns = ["source", "label_key", "status", *Tally.FIELDS, "to_send", "error"]
+    columns = ["source", "label_key", "status", *Tally.FIELDS, "to_send", "error", "read_as"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -563,6 +580,7 @@ def _plan_markdown(
         f"| events | {tally.total('events'):,} |",
         f"| rows split into several events | {tally.total('split_rows'):,} |",
         f"| rejected rows (dead-letter file) | {tally.total('rejected_rows'):,} |",
+        f"| skipped rows (exact duplicates, no metric value) | {tally.total('skipped_rows'):,} |",
         f"| rows outside the time range | {tally.total('out_of_range_rows'):,} |",
         f"| events already sent (journal) | {tally.total('already_sent'):,} |",
         f"| **events to send** | **{to_send:,}** |",
@@ -585,6 +603,9 @@ def _plan_markdown(
             lines.append(
                 f"| `{code}` | {n:,} | {REASONS.get(code, code)} | {_cell(f'{src} row {row}: {detail}')} |"
             )
+    if tally.read_as:
+        lines += ["", "## CSV files read as", "", "| file | read as |", "|---|---|"]
+        lines += [f"| {_cell(p)} | {_cell(how)} |" for p, how in list(tally.read_as.items())[:50]]
     if tally.file_errors:
         lines += ["", "## Files that cannot be sent", "", "| file | error |", "|---|---|"]
         lines += [f"| {_cell(p)} | {_cell(e)} |" for p, e in tally.file_errors.items()]

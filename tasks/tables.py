@@ -14,14 +14,19 @@ URL can point at the local emulator), or s3fs-style ``storage_options``; with no
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import csv
 import glob
 import gzip
 import io
 import os
+import re
 import tempfile
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,7 @@ from typing import Any
 import boto3
 import pandas as pd
 import pyarrow.parquet as pq
+from pandas.errors import ParserWarning
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -183,16 +189,160 @@ def _open_binary(src: str, client: Any) -> io.BufferedIOBase:
     return io.BufferedReader(body, buffer_size=1 << 20)
 
 
-def _check_columns(available: Sequence[str], columns: Sequence[str], src: str) -> None:
+# --- CSV dialect: separator, encoding, decimal mark, detected from the start of each file when "auto" -------
+
+SAMPLE_BYTES = 1 << 16
+_SEPARATORS = {",": ",", ";": ";", "tab": "\t", "\t": "\t", "|": "|"}
+_SNIFFED = ",;\t|"
+_FALLBACK_ENCODING = "cp1252"  # Windows-1252: what spreadsheets on Windows export; latin-1 plus € and quotes
+_BAD_LINE_RE = re.compile(r"line (\d+)")
+
+
+@dataclass(frozen=True)
+class CsvDialect:
+    """How CSV text is read. Each ``"auto"`` is decided per file from its first 64 KiB:
+
+    - ``sep`` (",", ";", "tab", "|"): Python's csv sniffer over those four; "," when it cannot tell (one column).
+    - ``encoding`` (any Python codec name): UTF-8 (a BOM is dropped) when the sample decodes as UTF-8,
+      otherwise Windows-1252 (cp1252, a superset of latin-1's letters). A file holding NUL bytes is binary,
+      not text. A byte that does not decode later in the file fails the file, naming the encoding to set.
+    - ``decimal`` ("." or ","): "," when the separator is ";" (the European spreadsheet export, "12,8"),
+      else ".".
+
+    ``bad_lines="report"`` skips lines with more fields than the header and lists them in each chunk's
+    ``attrs["bad_lines"]`` as ``(line number, message)``; ``"skip"`` skips them silently (a second pass over
+    a file already reported); ``"error"`` (the default) fails the file.
+    The default dialect is plain RFC 4180: ",", UTF-8, ".".
+    """
+
+    sep: str = ","
+    encoding: str = "utf-8"
+    decimal: str = "."
+    bad_lines: str = "error"
+
+    def check(self) -> CsvDialect:
+        if self.sep != "auto" and self.sep not in _SEPARATORS:
+            raise InputError("sep", f"{self.sep!r}", 'auto, ",", ";", tab or "|"')
+        if self.decimal not in ("auto", ".", ","):
+            raise InputError("decimal", f"{self.decimal!r}", 'auto, "." or ","')
+        if self.encoding != "auto":
+            try:
+                codecs.lookup(self.encoding)
+            except LookupError:
+                raise InputError(
+                    "encoding", f"unknown encoding {self.encoding!r}", "e.g. utf-8, latin-1"
+                ) from None
+        if self.bad_lines not in ("error", "report", "skip"):
+            raise InputError("bad_lines", f"{self.bad_lines!r}", "error, report or skip")
+        return self
+
+    def resolve(self, sample: bytes, src: str) -> CsvDialect:
+        """This dialect with every ``auto`` decided from ``sample``, the first bytes of ``src``."""
+        encoding = self.encoding if self.encoding != "auto" else _detect_encoding(sample, src)
+        sep = _SEPARATORS[self.sep] if self.sep != "auto" else _sniff_separator(sample, encoding)
+        decimal = self.decimal if self.decimal != "auto" else "," if sep == ";" else "."
+        if decimal == sep:
+            raise InputError("decimal", f"{decimal!r} is also the separator", "set sep or decimal")
+        return replace(self, sep=sep, encoding=encoding, decimal=decimal)
+
+    def describe(self, asked: CsvDialect | None = None) -> str:
+        """``sep ';' (detected), encoding cp1252 (detected), decimal ','`` for reports and logs."""
+        parts = []
+        for name in ("sep", "encoding", "decimal"):
+            value = getattr(self, name)
+            shown = "tab" if value == "\t" else value
+            detected = asked is not None and getattr(asked, name) == "auto"
+            parts.append(f"{name} {shown!r}" + (" (detected)" if detected else ""))
+        return ", ".join(parts)
+
+
+def _detect_encoding(sample: bytes, src: str) -> str:
+    if sample.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    if b"\x00" in sample:
+        raise InputError("source", f"{src} cannot be read as CSV: it holds NUL bytes (binary, not text)")
+    try:
+        sample.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        cut_inside_a_character = len(sample) == SAMPLE_BYTES and exc.start >= len(sample) - 3
+        if not cut_inside_a_character:
+            try:
+                sample.decode(_FALLBACK_ENCODING)
+            except UnicodeDecodeError:
+                raise InputError(
+                    "source",
+                    f"{src} cannot be read as CSV: neither UTF-8 nor Windows-1252 text",
+                    "set encoding",
+                ) from None
+            return _FALLBACK_ENCODING
+    return "utf-8"
+
+
+def _sniff_separator(sample: bytes, encoding: str) -> str:
+    text = sample.decode(encoding, errors="replace")
+    lines = text.splitlines()[:50]
+    if len(sample) == SAMPLE_BYTES and len(lines) > 1:
+        lines = lines[:-1]  # the last line may be cut
+    try:
+        return csv.Sniffer().sniff("\n".join(lines), delimiters=_SNIFFED).delimiter
+    except csv.Error:
+        return ","  # one column, or nothing to tell by
+
+
+def _header(sample: bytes, dialect: CsvDialect) -> list[str]:
+    """Column names from the first line of the sample (for messages: the columns a file really has)."""
+    text = sample.decode(dialect.encoding, errors="replace").lstrip("\ufeff")
+    first = next(csv.reader(io.StringIO(text), delimiter=dialect.sep), [])
+    return first
+
+
+class _Replay(io.RawIOBase):
+    """The bytes already read from a stream (the sniffing sample), then the rest of the stream."""
+
+    def __init__(self, head: bytes, rest: Any) -> None:
+        self._head, self._rest = memoryview(head), rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def check_columns(
+    available: Sequence[str],
+    columns: Sequence[str],
+    src: str,
+    header: Sequence[str] | None = None,
+    *,
+    field: str = "columns",
+) -> None:
+    """``InputError`` naming the missing columns and every column the file has (``header`` when the columns
+    read are only a selection of them)."""
     missing = [c for c in columns if c not in available]
     if missing:
-        raise InputError("columns", f"{missing} not in {src}", f"available: {list(available)}")
+        available = header if header is not None else available
+        hint = f"available: {list(available)}"
+        if any(ch in name for name in available for ch in ";\t|"):
+            hint += "; the header holds a separator: set sep"
+        raise InputError(field, f"{missing} not in {src}", hint)
 
 
-def _select(chunk: pd.DataFrame, columns: Sequence[str] | None, src: str) -> pd.DataFrame:
+def _select(
+    chunk: pd.DataFrame, columns: Sequence[str] | None, src: str, header: Sequence[str] | None = None
+) -> pd.DataFrame:
     if columns is None:
         return chunk
-    _check_columns(list(chunk.columns), columns, src)
+    check_columns(list(chunk.columns), columns, src, header)
     return chunk[list(columns)]
 
 
@@ -204,22 +354,91 @@ _KIND_NAMES = {"csv": "CSV", "parquet": "Parquet", "jsonl": "JSON Lines"}
 
 
 def _read_file(
-    src: str, client: Any, chunksize: int, columns: Sequence[str] | None
+    src: str, client: Any, chunksize: int, columns: Sequence[str] | None, dialect: CsvDialect
 ) -> Iterator[pd.DataFrame]:
     """The chunks of one file; content that cannot be parsed raises ``InputError`` naming the file and why."""
     kind, gzipped = table_format(src)
     try:
-        yield from _parse_file(src, client, chunksize, columns, kind, gzipped)
+        yield from _parse_file(src, client, chunksize, columns, kind, gzipped, dialect)
     except InputError:
         raise
     except _UNREADABLE as exc:
         what = ("gzipped " if gzipped else "") + _KIND_NAMES[kind]
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())  # parser messages may span lines
-        raise InputError("source", f"{src} cannot be read as {what}: {detail[:300]}") from None
+        hint = " (set encoding, e.g. latin-1)" if isinstance(exc, UnicodeDecodeError) else ""
+        raise InputError("source", f"{src} cannot be read as {what}: {detail[:300]}{hint}") from None
+
+
+def _csv_chunks(
+    stream: Any, src: str, chunksize: int, columns: Sequence[str] | None, asked: CsvDialect
+) -> Iterator[pd.DataFrame]:
+    """CSV chunks in the dialect decided from the first bytes; ``attrs["csv"]`` is that dialect, and with
+    ``bad_lines="report"`` ``attrs["bad_lines"]`` the skipped lines read with the chunk."""
+    sample = stream.read(SAMPLE_BYTES)
+    dialect = asked.resolve(sample, src)
+    header = _header(sample, dialect) if sample else None
+    # usecols as a predicate keeps memory low; missing columns are reported by _select below
+    wanted = set(columns) if columns is not None else None
+    reader = pd.read_csv(
+        io.BufferedReader(_Replay(sample, stream), buffer_size=1 << 20),
+        chunksize=chunksize,
+        usecols=(lambda c: c in wanted) if wanted else None,
+        sep=dialect.sep,
+        encoding=dialect.encoding,
+        decimal=dialect.decimal,
+        on_bad_lines={"report": "warn"}.get(dialect.bad_lines, dialect.bad_lines),
+    )
+    with reader:
+        last: pd.DataFrame | None = None
+        while True:
+            if dialect.bad_lines == "report":
+                # pandas reports skipped lines as warnings only (a callable needs its slow python engine)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", ParserWarning)
+                    chunk = next(reader, None)
+                bad = _bad_lines(caught)
+            else:
+                chunk, bad = next(reader, None), []
+            final = chunk is None
+            if final:
+                if not bad:
+                    return
+                # bad lines after the last good row: an empty chunk carries them
+                chunk = last.iloc[0:0] if last is not None else pd.DataFrame(columns=header or [])
+            chunk = _select(chunk, columns, src, header)
+            chunk.attrs.update(csv=dialect, csv_asked=asked)
+            if bad:
+                chunk.attrs["bad_lines"] = bad
+            yield chunk
+            if final:
+                return
+            last = chunk
+
+
+def _bad_lines(caught: list[warnings.WarningMessage]) -> list[tuple[int, str]]:
+    """The lines pandas skipped (``Skipping line 7: expected 3 fields, saw 5``); other warnings go on."""
+    bad = []
+    for w in caught:
+        text = str(w.message).strip()
+        match = _BAD_LINE_RE.search(text) if issubclass(w.category, ParserWarning) else None
+        if match:
+            for line in text.splitlines():  # one warning may list several lines
+                found = _BAD_LINE_RE.search(line)
+                if found:
+                    bad.append((int(found.group(1)), line.removeprefix("Skipping ").strip()))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return bad
 
 
 def _parse_file(
-    src: str, client: Any, chunksize: int, columns: Sequence[str] | None, kind: str, gzipped: bool
+    src: str,
+    client: Any,
+    chunksize: int,
+    columns: Sequence[str] | None,
+    kind: str,
+    gzipped: bool,
+    dialect: CsvDialect,
 ) -> Iterator[pd.DataFrame]:
     if kind == "parquet":
         with contextlib.ExitStack() as stack:
@@ -231,7 +450,7 @@ def _parse_file(
             # pre_buffer=False: pyarrow would otherwise fetch every row group up front (memory ~ file size)
             parquet = stack.enter_context(pq.ParquetFile(handle, pre_buffer=False))
             if columns is not None:
-                _check_columns(parquet.schema_arrow.names, columns, src)  # fail before reading any data
+                check_columns(parquet.schema_arrow.names, columns, src)  # fail before reading any data
             for batch in parquet.iter_batches(
                 batch_size=chunksize, columns=list(columns) if columns else None
             ):
@@ -242,13 +461,9 @@ def _parse_file(
         if gzipped:
             stream = stack.enter_context(gzip.GzipFile(fileobj=stream, mode="rb"))
         if kind == "csv":
-            # usecols as a predicate keeps memory low; missing columns are reported by _select below
-            wanted = set(columns) if columns is not None else None
-            reader = pd.read_csv(
-                stream, chunksize=chunksize, usecols=(lambda c: c in wanted) if wanted else None
-            )
-        else:
-            reader = pd.read_json(stream, lines=True, chunksize=chunksize)
+            yield from _csv_chunks(stream, src, chunksize, columns, dialect)
+            return
+        reader = pd.read_json(stream, lines=True, chunksize=chunksize)
         with reader:
             for chunk in reader:
                 yield _select(chunk, columns, src)
@@ -261,6 +476,7 @@ def iter_table_chunks(
     columns: Sequence[str] | None = None,
     storage_options: dict[str, Any] | None = None,
     s3_client: Any = None,
+    csv_dialect: CsvDialect | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Yield DataFrames of ``chunksize`` rows (the last chunk of each file may be shorter), file by file.
 
@@ -270,7 +486,8 @@ def iter_table_chunks(
     endpoint_url, region_name, client_kwargs) builds one instead. A file whose content cannot be parsed as
     its type (a malformed CSV line, a truncated gzip, a Parquet file without its footer) raises ``InputError``
     naming it. CSV dtypes are inferred per chunk, so a column can change dtype between chunks; cast where it
-    matters.
+    matters. ``csv_dialect`` says how CSV text is read (separator, encoding, decimal mark, ragged lines; see
+    ``CsvDialect``); CSV chunks carry the dialect used in ``attrs["csv"]``.
 
     Example:
         for chunk in iter_table_chunks("s3://demo-bucket/measurements/", s3_client=bucket_block):
@@ -278,11 +495,12 @@ def iter_table_chunks(
     """
     if chunksize < 1:
         raise InputError("chunksize", f"{chunksize}", "at least 1")
+    dialect = (csv_dialect or CsvDialect()).check()
     client = None
     for src in list_sources(source, s3_client, storage_options=storage_options):
         if src.startswith("s3://") and client is None:
             client = _s3(s3_client, storage_options)
-        for chunk in _read_file(src, client, chunksize, columns):
+        for chunk in _read_file(src, client, chunksize, columns, dialect):
             chunk.attrs["source"] = src
             yield chunk
 

@@ -24,10 +24,11 @@ from .plan import (
 from .send import BackfillSender, BatchOutcome, FatalSendError, send_backfill_batch
 from .spec import (
     REASONS,
+    SKIPPED_REASONS,
     BackfillSpec,
+    EpochUnit,
     Oversize,
     ResampleHow,
-    TimestampUnit,
     datetime_to_ms,
     resample_milliseconds,
 )
@@ -38,11 +39,13 @@ from .values import clean_metric, split_payload
 __all__ = [
     "DEAD_LETTER_COLUMNS",
     "REASONS",
+    "SKIPPED_REASONS",
     "BackfillSender",
     "BackfillSpec",
     "BatchOutcome",
     "ChunkResult",
     "DeadLetterWriter",
+    "EpochUnit",
     "Event",
     "FatalSendError",
     "FileTransform",
@@ -54,7 +57,6 @@ __all__ = [
     "ScanProgress",
     "SentIndex",
     "Tally",
-    "TimestampUnit",
     "clean_metric",
     "datetime_to_ms",
     "estimate_seconds",

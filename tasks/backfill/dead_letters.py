@@ -14,6 +14,7 @@ import orjson
 
 from tasks.storage import parse_s3_uri
 
+from .spec import SKIPPED_REASONS
 from .timestamps import format_ms
 from .transform import Event, Rejection
 
@@ -34,8 +35,10 @@ DEAD_LETTER_COLUMNS = [
 class DeadLetterWriter:
     """Streams rejected rows and failed events to a CSV file (local, or spooled and uploaded to S3 on close).
 
-    One line per rejected row or bucket (``status=rejected``, the source row as JSON in ``data``) and per
-    event that failed to send (``status=failed``: a re-run sends it again). Nothing is kept in memory.
+    One line per rejected row or bucket (``status=rejected``, the source row as JSON in ``data``; an exact
+    duplicate is ``skipped``), per event Miniviz refused as invalid (``rejected``, ``refused_by_service``, its
+    reason in ``detail``) and per event that failed to send (``status=failed``: a re-run sends it again).
+    Nothing is kept in memory.
     """
 
     def __init__(self, location: str, s3_client: Any = None) -> None:
@@ -60,7 +63,7 @@ class DeadLetterWriter:
                     source,
                     r.row,
                     r.rows,
-                    "rejected",
+                    "skipped" if r.reason in SKIPPED_REASONS else "rejected",
                     r.reason,
                     r.detail,
                     r.label_key or "",
@@ -72,14 +75,15 @@ class DeadLetterWriter:
             self.count += 1
         self._fh.flush()
 
-    def failed(self, source: str, event: Event, error: str) -> None:
+    def failed(self, source: str, event: Event, error: str, refused: bool = False) -> None:
+        """An event that failed to send, or that Miniviz ``refused`` as invalid (its reason in ``error``)."""
         self._csv.writerow(
             [
                 source,
                 event.row,
                 1,
-                "failed",
-                "send_failed",
+                "rejected" if refused else "failed",
+                "refused_by_service" if refused else "send_failed",
                 error,
                 event.label_key,
                 event.timestamp,

@@ -15,7 +15,7 @@ from clients.errors import InputError
 from .checkpoint import SentIndex, file_fingerprint, file_id
 from .dead_letters import DeadLetterWriter
 from .labels import LabelMapper
-from .spec import BackfillSpec
+from .spec import SKIPPED_REASONS, BackfillSpec
 from .transform import ChunkResult, Event, iter_file_results
 
 
@@ -25,11 +25,13 @@ class Tally:
     FIELDS = (
         "rows",
         "rejected_rows",
+        "skipped_rows",
         "out_of_range_rows",
         "events",
         "split_rows",
         "already_sent",
         "sent",
+        "refused",
         "failed",
     )
 
@@ -39,6 +41,7 @@ class Tally:
         self.reason_examples: dict[str, tuple[str, int, str]] = {}
         self.file_errors: dict[str, str] = {}
         self.files: list[str] = []
+        self.read_as: dict[str, str] = {}  # how each CSV file was read (separator, encoding, decimal)
 
     def cell(self, source: str, label: str | None) -> Counter[str]:
         key = (source, label or "")
@@ -53,7 +56,8 @@ class Tally:
         for label, n in result.out_of_range_by_label.items():
             self.cell(source, label)["out_of_range_rows"] += n
         for r in result.rejections:
-            self.cell(source, r.label_key)["rejected_rows"] += r.rows
+            kind = "skipped_rows" if r.reason in SKIPPED_REASONS else "rejected_rows"
+            self.cell(source, r.label_key)[kind] += r.rows
             self.reasons[r.reason] += r.rows
             self.reason_examples.setdefault(r.reason, (source, r.row, r.detail))
         for e in result.events:
@@ -111,7 +115,7 @@ def scan_source(
                     "restore it, or use a new journal to send it again",
                 )
             fingerprints[path] = fingerprint
-            for result in iter_file_results(path, spec, chunk_rows, s3_client, labels):
+            for result in iter_file_results(path, spec, chunk_rows, s3_client, labels, read_as=tally.read_as):
                 tally.add_chunk(path, result, fid, sent)
                 dead_letters.rejected(path, result.rejections)
                 if progress is not None:
@@ -155,7 +159,7 @@ def iter_pending_batches(
     for path in files:
         fid = file_id(path)
         batch: list[Event] = []
-        for result in iter_file_results(path, spec, chunk_rows, s3_client):
+        for result in iter_file_results(path, spec, chunk_rows, s3_client, report_bad_lines=False):
             for event in result.events:
                 if not sent.is_sent(fid, event.seq):
                     batch.append(event)

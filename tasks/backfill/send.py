@@ -29,6 +29,7 @@ class FatalSendError(RuntimeError):
 class BatchOutcome:
     sent_by_label: Counter[str] = field(default_factory=Counter)
     failed: list[tuple[Event, str]] = field(default_factory=list)
+    refused: list[tuple[Event, str]] = field(default_factory=list)  # invalid for Miniviz: 400, its reason
     outcome_unknown: int = 0
 
     @property
@@ -53,6 +54,8 @@ class BackfillSender:
       ``max_in_flight``: those are the only possible duplicates of a re-run. Nothing acknowledged is lost,
       nothing unacknowledged is marked sent.
     - Failed events (after the client's retries) are reported, not journaled: a re-run tries them again.
+      Events Miniviz refuses as invalid (400: e.g. a timestamp it will not take) are ``refused``, with the
+      service's reason: rejected, the input must change.
       ``AuthError``/``NotFoundError`` (wrong token or project) and ``max_consecutive_failures`` failures in a
       row raise ``FatalSendError``: the run stops, resumable.
 
@@ -162,7 +165,10 @@ class BackfillSender:
     def _failed(self, outcome: BatchOutcome, event: Event, exc: Exception) -> None:
         if isinstance(exc, OutcomeUnknownError):
             outcome.outcome_unknown += 1
-        outcome.failed.append((event, str(exc)))
+        if _refused(exc):
+            outcome.refused.append((event, str(exc)))
+        else:
+            outcome.failed.append((event, str(exc)))
         self.progress.failed += 1
         self.consecutive_failures += 1
         if self.consecutive_failures >= self.max_consecutive_failures:
@@ -212,6 +218,14 @@ class BackfillSender:
             done.set_result(None)
             if self._pending:
                 self._wake.set()
+
+
+def _refused(exc: Exception) -> bool:
+    """The event itself is invalid for Miniviz (the client's documented checks, or the service's 400/413/422):
+    sending it again cannot help, the input must change (``rejected``, not ``failed``)."""
+    if isinstance(exc, InputError):
+        return True
+    return isinstance(exc, ApiError) and exc.status in (400, 413, 422) and not exc.retryable
 
 
 def _first_leaf(error: BaseException) -> BaseException:

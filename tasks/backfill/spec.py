@@ -14,8 +14,11 @@ import pandas as pd
 
 from clients.errors import InputError
 from clients.miniviz import check_label_key
+from tasks.tables import CsvDialect
 
-TimestampUnit = Literal["auto", "iso", "s", "ms", "us", "ns"]
+EpochUnit = Literal["auto", "s", "ms", "us", "ns"]
+Separator = Literal["auto", ",", ";", "tab", "|"]
+Decimal = Literal["auto", ".", ","]
 ResampleHow = Literal["mean", "median", "min", "max", "sum", "first", "last"]
 Oversize = Literal["split", "reject"]
 
@@ -23,9 +26,9 @@ EPOCH_MS_PER_UNIT = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
 
 REASONS: dict[str, str] = {
     "timestamp_missing": "no timestamp",
-    "timestamp_invalid": "timestamp is neither ISO 8601 nor an epoch number",
+    "timestamp_invalid": "timestamp is not ISO 8601, YYYYMMDD or an epoch number (or not in timestamp_format)",
     "timestamp_local_time": "naive local time that does not exist or is ambiguous (DST change)",
-    "timestamp_out_of_range": "timestamp before 2001-09-09 (UNIX ms < 10^12) or after year 5138",
+    "timestamp_out_of_range": "timestamp outside the years 1-9999 (e.g. milliseconds read as seconds)",
     "label_missing": "no label",
     "value_nested": "a metric holds a nested value (list, array, object)",
     "value_not_finite": "a metric is infinite",
@@ -36,7 +39,13 @@ REASONS: dict[str, str] = {
     "payload_too_big": "payload over 400 bytes as JSON (oversize=reject)",
     "out_of_order": "its resample bucket was already sent (input not in time order)",
     "duplicate": "same label, timestamp and values as an earlier row of the file",
+    "bad_line": "the CSV line has more fields than the header (ragged row)",
+    "refused_by_service": "Miniviz refused the event as invalid (400): its reason is in the detail",
 }
+# Row outcomes that are by design: the run still ends Completed. An exact duplicate would be stored twice;
+# a row whose every metric is empty is a gap in the measurements (statsmodels' co2 has 59), nothing to send.
+# Every other reason is input the user must fix, so it ends the run Failed (tasks/run_state.py).
+SKIPPED_REASONS = frozenset({"duplicate", "no_metrics"})
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,8 @@ class BackfillSpec:
     """What to read and how to turn rows into events. ``check()`` validates it; it is hashable."""
 
     timestamp_column: str = "timestamp"
-    timestamp_unit: TimestampUnit = "auto"
+    epoch_unit: EpochUnit = "auto"
+    timestamp_format: str = ""  # strptime codes or ISO8601; empty: automatic (see timestamps.py)
     timezone: str = "UTC"
     label_column: str | None = "label_key"
     label_key: str | None = None  # one fixed label for every row; wins over label_column
@@ -55,12 +65,20 @@ class BackfillSpec:
     oversize: Oversize = "split"
     resample_ms: int | None = None
     resample_how: ResampleHow = "mean"
+    sep: Separator = "auto"  # CSV dialect (see tasks/tables.py CsvDialect)
+    encoding: str = "auto"
+    decimal: Decimal = "auto"
 
     def check(self) -> BackfillSpec:
         if not self.timestamp_column:
             raise InputError("timestamp_column", "must be a column name")
-        if self.timestamp_unit not in ("auto", "iso", *EPOCH_MS_PER_UNIT):
-            raise InputError("timestamp_unit", f"{self.timestamp_unit!r}", "auto, iso, s, ms, us or ns")
+        if self.epoch_unit not in ("auto", *EPOCH_MS_PER_UNIT):
+            raise InputError("epoch_unit", f"{self.epoch_unit!r}", "auto, s, ms, us or ns")
+        if self.timestamp_format and self.timestamp_format != "ISO8601" and "%" not in self.timestamp_format:
+            raise InputError(
+                "timestamp_format", f"{self.timestamp_format!r} has no % code", "e.g. %b %d %Y, or ISO8601"
+            )
+        self.dialect()  # checks sep, encoding and decimal
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -87,6 +105,9 @@ class BackfillSpec:
                 "resample_how", f"{self.resample_how!r}", "mean, median, min, max, sum, first, last"
             )
         return self
+
+    def dialect(self) -> CsvDialect:
+        return CsvDialect(sep=self.sep, encoding=self.encoding, decimal=self.decimal).check()
 
     @property
     def uses_label_column(self) -> bool:
@@ -126,11 +147,11 @@ def resample_milliseconds(freq: str | None) -> int | None:
     return ms
 
 
-def datetime_to_ms(value: dt.datetime | None, timezone: str) -> int | None:
-    """A time-range bound in UNIX ms; a naive datetime is read in ``timezone``."""
+def datetime_to_ms(value: dt.datetime | str | None, timezone: str) -> int | None:
+    """A time-range bound (a datetime or ISO 8601 text) in UNIX ms; a naive one is read in ``timezone``."""
     if value is None:
         return None
-    ts = pd.Timestamp(value)
+    ts = pd.Timestamp(value.strip() if isinstance(value, str) else value)
     if ts.tzinfo is None:
         ts = ts.tz_localize(timezone)
     return int(ts.tz_convert("UTC").value // 1_000_000)

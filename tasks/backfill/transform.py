@@ -4,10 +4,12 @@ The transform is pure and deterministic: the same file, read with the same param
 events in the same order, numbered ``seq`` 0, 1, 2... per file. That is what makes resuming exact (see
 ``SentIndex`` and ``BackfillSender``). Rules, applied chunk by chunk in constant memory:
 
-- **timestamp** -> UNIX ms. ISO 8601 strings (with an offset, or naive and read in ``timezone``), epoch numbers
-  in s / ms / us / ns (``timestamp_unit="auto"`` picks per value by magnitude: < 1e11 s, < 1e14 ms, < 1e17 us,
-  else ns), or datetime columns (Parquet). Naive local times that do not exist or are ambiguous at a DST change
-  are rejected (never moved silently). Miniviz needs ms >= 10^12 (2001-09-09): earlier times are rejected.
+- **timestamp** -> UNIX ms (``timestamps.py``): ISO 8601 strings (with an offset, or naive and read in
+  ``timezone``), YYYYMMDD integers, epoch numbers in ``epoch_unit`` (``auto``: by magnitude), text in a
+  ``timestamp_format`` ("%b %d %Y"), or datetime columns (Parquet). Any date of the years 1-9999 is sent
+  (Miniviz takes any integer of ms; before 1970 negative). Naive local times that do not exist or are
+  ambiguous at a DST change are rejected (never moved silently).
+- **ragged CSV lines** (more fields than the header) are rejected as ``bad_line`` with their line number.
 - **time range** ``[start_ms, end_ms)``: rows outside are counted as out of range, not sent, not dead-lettered.
 - **label** from ``label_column`` (or one fixed ``label_key``), mapped into Miniviz's characters by
   ``map_label_key`` (stable, at most 128 characters).
@@ -31,7 +33,7 @@ import hashlib
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,7 +42,7 @@ import pandas as pd
 
 from clients.errors import InputError
 from clients.miniviz import MAX_PAYLOAD_BYTES, MAX_PAYLOAD_KEYS
-from tasks.tables import iter_table_chunks, table_format
+from tasks.tables import check_columns, iter_table_chunks, table_format
 
 from .labels import LabelMapper
 from .spec import REASONS, BackfillSpec
@@ -158,6 +160,7 @@ class FileTransform:
     def __init__(self, spec: BackfillSpec, labels: LabelMapper | None = None, csv: bool = False) -> None:
         self.spec = spec
         self.csv = csv  # text cells may hold numbers (see ``csv_text_value``)
+        self.decimal = "."  # the CSV file's decimal mark, from the first chunk
         self.labels = labels or LabelMapper()
         self.row_offset = 0
         self.next_seq = 0
@@ -171,17 +174,13 @@ class FileTransform:
     # -- setup from the first chunk
     def _setup(self, columns: Sequence[str]) -> None:
         spec = self.spec
-        missing = [
-            c
-            for c in [spec.timestamp_column] + ([spec.label_column] if spec.uses_label_column else [])
-            if c not in columns
-        ]
-        if missing:
-            raise InputError("columns", f"{missing} not in the file", f"available: {list(columns)}")
+        check_columns(
+            columns,
+            [spec.timestamp_column] + ([spec.label_column] if spec.uses_label_column else []),
+            "the file",
+        )
         metrics = spec.metric_columns(columns)
-        absent = [c for c in metrics if c not in columns]
-        if absent:
-            raise InputError("metrics", f"{absent} not in the file", f"available: {list(columns)}")
+        check_columns(columns, metrics, "the file", field="metrics")
         if not metrics:
             raise InputError("metrics", "no metric column left", "the file has only the timestamp and label")
         rename = dict(spec.rename)
@@ -194,16 +193,21 @@ class FileTransform:
     def feed(self, df: pd.DataFrame) -> ChunkResult:
         if self._metrics is None:
             self._setup(list(df.columns))
+            if "csv" in df.attrs:
+                self.decimal = df.attrs["csv"].decimal
         spec = self.spec
         n = len(df)
         first_row = self.row_offset
         self.row_offset += n
         out = ChunkResult(rows=n)
+        self._bad_lines_into(out, df.attrs.get("bad_lines", ()))
         if n == 0:
             return out
         df = df.reset_index(drop=True)
         rows = np.arange(first_row, first_row + n, dtype=np.int64)
-        ts, codes = to_unix_ms(df[spec.timestamp_column], spec.timestamp_unit, spec.timezone)
+        ts, codes = to_unix_ms(
+            df[spec.timestamp_column], spec.epoch_unit, spec.timezone, spec.timestamp_format
+        )
         if spec.uses_label_column:
             codes_l, uniques = pd.factorize(df[spec.label_column], use_na_sentinel=True)
             mapped = np.array([self.labels(u) for u in uniques] + [None], dtype=object)
@@ -225,7 +229,7 @@ class FileTransform:
         columns: list[list[Any]] = []
         bounds: list[int | None] = []  # JSON bytes bound per column when its dtype alone proves one
         for column in self._metrics:
-            values, reasons = clean_metric(df[column], self.csv)
+            values, reasons = clean_metric(df[column], self.csv, self.decimal)
             columns.append(values)
             numeric = pd.api.types.is_numeric_dtype(df[column].dtype)  # bool, int, float
             bounds.append(MAX_JSON_NUMBER if numeric else None)
@@ -274,6 +278,17 @@ class FileTransform:
         return out
 
     # -- pieces
+    @staticmethod
+    def _bad_lines_into(out: ChunkResult, bad_lines: Sequence[tuple[int, str]]) -> None:
+        """Ragged CSV lines pandas skipped: rows read and rejected, with the line number (``row`` is the line
+        number minus the header line, 0-based like the other rows of a file whose rows hold no line break)."""
+        for line, message in bad_lines:
+            detail = f"{REASONS['bad_line']}: {message}"
+            out.rejections.append(Rejection(line - 2, "bad_line", detail, {"line": line}))
+        out.rows += len(bad_lines)
+        if bad_lines:
+            out.rows_by_label[""] += len(bad_lines)
+
     def _rejections(self, df, positions, codes, rows, labels, ts, columns) -> list[Rejection]:
         records = df.iloc[positions].to_dict("records")
         result = []
@@ -295,6 +310,8 @@ class FileTransform:
         if code.startswith("timestamp"):
             raw = df[spec.timestamp_column].iat[pos]
             where = f" in {spec.timezone}" if code == "timestamp_local_time" else ""
+            if code == "timestamp_invalid" and spec.timestamp_format:
+                return f"does not match timestamp_format {spec.timestamp_format!r}: {spec.timestamp_column}={short_repr(raw)}"
             return f"{REASONS[code]}: {spec.timestamp_column}={short_repr(raw)}{where}"
         if code == "label_missing":
             return f"{REASONS[code]}: {spec.label_column} is empty"
@@ -459,12 +476,26 @@ def _merge(into: ChunkResult, part: ChunkResult) -> None:
 
 
 def iter_file_results(
-    path: str, spec: BackfillSpec, chunk_rows: int, s3_client: Any = None, labels: LabelMapper | None = None
+    path: str,
+    spec: BackfillSpec,
+    chunk_rows: int,
+    s3_client: Any = None,
+    labels: LabelMapper | None = None,
+    *,
+    report_bad_lines: bool = True,
+    read_as: dict[str, str] | None = None,
 ) -> Iterator[ChunkResult]:
-    """The transform of one file, chunk by chunk (the last result flushes the resample carry)."""
+    """The transform of one file, chunk by chunk (the last result flushes the resample carry).
+
+    ``report_bad_lines``: ragged CSV lines become rejections (the plan pass); else they are skipped the same
+    way (the send pass: the same events, numbered alike). ``read_as`` receives how a CSV file was read
+    (separator, encoding, decimal mark; what was detected) under the file's path."""
     transform = FileTransform(spec, labels, csv=table_format(path)[0] == "csv")
+    dialect = replace(spec.dialect(), bad_lines="report" if report_bad_lines else "skip")
     for chunk in iter_table_chunks(
-        path, chunksize=chunk_rows, columns=spec.read_columns(), s3_client=s3_client
+        path, chunksize=chunk_rows, columns=spec.read_columns(), s3_client=s3_client, csv_dialect=dialect
     ):
+        if read_as is not None and path not in read_as and "csv" in chunk.attrs:
+            read_as[path] = chunk.attrs["csv"].describe(chunk.attrs["csv_asked"])
         yield transform.feed(chunk)
     yield transform.finish()

@@ -47,12 +47,15 @@ _CSV_NUMBER = re.compile(
 _CSV_BOOLEANS = {"true": 1, "false": 0}
 
 
-def csv_text_value(text: str) -> Any:
+def csv_text_value(text: str, decimal: str = ".") -> Any:
     """A CSV cell as pandas reads it in a column of its own type: a number, a boolean (1/0) or the text.
 
     pandas infers CSV types per chunk, so "1" in a chunk that also holds "abc" stays text; deciding per value
-    makes what is sent independent of the chunking."""
+    makes what is sent independent of the chunking. ``decimal=","`` reads "12,8" as 12.8."""
     stripped = text.strip()
+    if decimal == "," and "," in stripped and "." not in stripped:
+        number = stripped.replace(",", ".", 1)
+        return float(number) if _CSV_NUMBER.fullmatch(number) else _CSV_BOOLEANS.get(stripped.lower(), text)
     if _CSV_NUMBER.fullmatch(stripped):
         if stripped.lstrip("+-").isdigit() and -(2**63) <= (whole := int(stripped)) < 2**63:
             return whole
@@ -60,10 +63,13 @@ def csv_text_value(text: str) -> Any:
     return _CSV_BOOLEANS.get(stripped.lower(), text)
 
 
-def clean_metric(series: pd.Series, csv: bool = False) -> tuple[list[Any], dict[int, str]]:
+def clean_metric(
+    series: pd.Series, csv: bool = False, decimal: str = "."
+) -> tuple[list[Any], dict[int, str]]:
     """Payload values of one metric column (None where the key is dropped) and reason codes by position.
 
-    ``csv``: the column comes from a CSV file, where text cells may be numbers or booleans (``csv_text_value``).
+    ``csv``: the column comes from a CSV file, where text cells may be numbers or booleans (``csv_text_value``,
+    with the file's ``decimal`` mark).
     """
     dtype = series.dtype
     reasons: dict[int, str] = {}
@@ -89,7 +95,7 @@ def clean_metric(series: pd.Series, csv: bool = False) -> tuple[list[Any], dict[
         return series.to_numpy(dtype=object, na_value=None).tolist(), reasons
     values = []
     for i, v in enumerate(series.to_numpy(dtype=object)):
-        out, reason = object_value(csv_text_value(v) if csv and isinstance(v, str) else v)
+        out, reason = object_value(csv_text_value(v, decimal) if csv and isinstance(v, str) else v)
         values.append(out)
         if reason:
             reasons[i] = reason
@@ -153,5 +159,11 @@ def fits(payload: dict[str, Any]) -> bool:
 
 
 def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr`` of a cell as a user reads it: 19580329, not ``np.int64(19580329)``; text keeps its quotes."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, pd.Timestamp | dt.datetime | dt.date):
+        value = value.isoformat()
+        return value if len(value) <= limit else value[: limit - 3] + "..."
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -22,17 +22,20 @@ from zoneinfo import ZoneInfo
 import boto3
 import pandas as pd
 import pytest
+import statsmodels.datasets.co2
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL
 from prefect_aws import S3Bucket
 from pydantic import SecretStr
+from vega_datasets import local_data
 
 from blocks import MinivizCredentials
 from demo.setup import emulator_aws_credentials
 from emulators.launcher import running_emulators
 from flows.miniviz_backfill import miniviz_backfill
 from tasks.backfill import FatalSendError
+from tasks.run_state import IncompleteRun
 from tests.conftest import TEST_TIME_SCALE
 
 pytestmark = pytest.mark.integration
@@ -99,13 +102,50 @@ def _reset(svc):
     svc.reset()
 
 
-async def run(tmp_path: Path, **params):
-    """Run the flow; return (summary, flow run id)."""
-    params.setdefault("journal", str(tmp_path / "journal.jsonl"))
-    params.setdefault("report", str(tmp_path / "report.csv"))
-    state = await miniviz_backfill(**params, return_state=True)
-    summary = await state.result()
-    return summary, state.state_details.flow_run_id
+GROUPS = {
+    "csv": ("sep", "encoding", "decimal"),
+    "timestamps": ("timestamp_column", "timestamp_format", "epoch_unit", "timezone", "start", "end"),
+    "events": ("label_column", "label_key", "metrics", "rename", "resample", "resample_how", "oversize"),
+    "pacing": ("data_interval_seconds", "concurrency", "parallel_connections", "batch_size", "chunk_rows"),
+    "outputs": ("journal", "report", "dead_letter"),
+}
+
+
+def grouped(**flat):
+    """The flow's parameters from flat names (timestamp_column -> timestamps.column, ...)."""
+    params = {}
+    for name, value in flat.items():
+        group = next((g for g, names in GROUPS.items() if name in names), None)
+        if group is None:
+            params[name] = value
+        else:
+            field = "column" if name == "timestamp_column" else name
+            params.setdefault(group, {})[field] = value
+    return params
+
+
+async def run_state(tmp_path: Path, **flat):
+    """Run the flow; return (final state, summary, flow run id), the summary also of a Failed run."""
+    flat.setdefault("journal", str(tmp_path / "journal.jsonl"))
+    flat.setdefault("report", str(tmp_path / "report.csv"))
+    state = await miniviz_backfill(**grouped(**flat), return_state=True)
+    result = await state.result(raise_on_failure=False)
+    summary = result.summary if isinstance(result, IncompleteRun) else result
+    return state, summary, state.state_details.flow_run_id
+
+
+async def run(tmp_path: Path, **flat):
+    """Run the flow, expecting it Completed; return (summary, flow run id)."""
+    state, summary, run_id = await run_state(tmp_path, **flat)
+    assert state.is_completed(), state.message
+    return summary, run_id
+
+
+async def run_failed(tmp_path: Path, **flat):
+    """Run the flow, expecting it Failed; return (message, summary)."""
+    state, summary, _ = await run_state(tmp_path, **flat)
+    assert state.is_failed(), "the run should have ended Failed"
+    return state.message, summary
 
 
 def stored_events(svc, project_id: str) -> list[tuple[str, int, str]]:
@@ -161,7 +201,7 @@ def history_csv(path: Path) -> list[tuple[str, int, str]]:
 
 async def test_csv_backfill_lands_every_event_exactly_once(svc, blocks, tmp_path):
     expected = history_csv(tmp_path / "history.csv")
-    summary, run_id = await run(
+    state, summary, run_id = await run_state(
         tmp_path,
         source=str(tmp_path / "history.csv"),
         miniviz_block="backfill-fast",
@@ -183,12 +223,18 @@ async def test_csv_backfill_lands_every_event_exactly_once(svc, blocks, tmp_path
         "no_metrics": 1,
         "value_too_big": 1,
     }
+    # three rows the user must fix: the run says so; the row without any value is a gap, skipped
+    assert state.is_failed() and (summary.rows_rejected, summary.rows_skipped) == (3, 1)
+    assert state.message == (
+        "44 items (events sent or planned, rows skipped or rejected): 40 done, 1 skipped, 3 rejected; "
+        f"report {summary.report}, dead letters {summary.dead_letter}"
+    )
 
     dead = pd.read_csv(summary.dead_letter)
     assert dead[["row", "status", "reason"]].values.tolist() == [
         [40, "rejected", "timestamp_invalid"],
         [41, "rejected", "label_missing"],
-        [42, "rejected", "no_metrics"],
+        [42, "skipped", "no_metrics"],
         [43, "rejected", "value_too_big"],
     ]
     assert "'not a time'" in dead.detail[0] and json.loads(dead.data[0])["time"] == "not a time"
@@ -204,8 +250,8 @@ async def test_csv_backfill_lands_every_event_exactly_once(svc, blocks, tmp_path
     progress = await artifact(run_id, "miniviz-backfill-progress")
     assert progress.data == 100.0
 
-    # a second run finds everything in the journal: nothing is sent again
-    again, _ = await run(
+    # a second run finds everything in the journal: nothing is sent again (the bad rows are still there)
+    _, again = await run_failed(
         tmp_path,
         source=str(tmp_path / "history.csv"),
         miniviz_block="backfill-fast",
@@ -242,7 +288,7 @@ async def test_parquet_glob_splits_wide_rows_and_rejects_nested_values(svc, bloc
                 key("greenhouse-1", T0 + (part * n + i) * MIN, first),
                 key("greenhouse-1", T0 + (part * n + i) * MIN, {"m8": values["m8"], "m9": values["m9"]}),
             ]
-    summary, _ = await run(
+    message, summary = await run_failed(
         tmp_path,
         source=str(tmp_path / "pq" / "*.parquet"),
         miniviz_block="backfill-fast",
@@ -255,6 +301,7 @@ async def test_parquet_glob_splits_wide_rows_and_rejects_nested_values(svc, bloc
     assert got["accepted"] == {"data": 108} and got["duplicates"] == {}
     assert (summary.files, summary.rows, summary.rows_split, summary.events_sent) == (2, 60, 54, 108)
     assert summary.rejected_by_reason == {"value_nested": 6}
+    assert "108 done, 6 rejected" in message
     dead = pd.read_csv(summary.dead_letter)
     assert set(dead.reason) == {"value_nested"} and sorted(dead.row) == [3, 3, 13, 13, 23, 23]
     assert json.loads(dead.data[0])["tags"] == ["a", "b"] and "tags=" in dead.detail[0]
@@ -287,9 +334,9 @@ async def test_s3_prefix_in_s3_journal_and_reports_out(svc, s3, blocks, tmp_path
         journal=f"s3://{bucket}/bf/state/",
         report=f"s3://{bucket}/bf/reports/backfill.parquet",
     )
-    summary = await miniviz_backfill(**params)
+    summary = await miniviz_backfill(**grouped(**params))  # Completed: the two empty rows are gaps, skipped
     assert stored_events(svc, "fast") == sorted(expected)
-    assert (summary.files, summary.events_sent, summary.rows_rejected) == (2, 18, 2)
+    assert (summary.files, summary.events_sent, summary.rows_rejected, summary.rows_skipped) == (2, 18, 0, 2)
     assert summary.dead_letter == f"s3://{bucket}/bf/reports/backfill-dead-letter.csv"
     report = pd.read_parquet(
         io.BytesIO(s3.get_object(Bucket=bucket, Key="bf/reports/backfill.parquet")["Body"].read())
@@ -300,7 +347,7 @@ async def test_s3_prefix_in_s3_journal_and_reports_out(svc, s3, blocks, tmp_path
     )
     assert list(dead.reason) == ["no_metrics", "no_metrics"]
     # the journal lives in S3: a second run resumes from it and sends nothing
-    again = await miniviz_backfill(**{**params, "report": f"s3://{bucket}/bf/reports/again.csv"})
+    again = await miniviz_backfill(**grouped(**{**params, "report": f"s3://{bucket}/bf/reports/again.csv"}))
     assert (again.events_already_sent, again.events_sent) == (18, 0)
     assert svc.received()["accepted"] == {"data": 18}
 
@@ -364,7 +411,9 @@ async def test_plan_mode_sends_nothing_and_estimates_the_time(svc, blocks, tmp_p
         label_column="room",
         dry_run=True,
     )
-    summary, run_id = await run(tmp_path, miniviz_block="backfill-paced", **params)
+    # the dry run ends as the real run would: Failed, three rows need fixing
+    state, summary, run_id = await run_state(tmp_path, miniviz_block="backfill-paced", **params)
+    assert state.is_failed() and "1 skipped, 40 deferred, 3 rejected" in state.message
     assert svc.received()["requests"] == {}  # nothing sent
     assert (summary.events, summary.events_to_send, summary.events_sent) == (40, 40, 0)
     assert summary.estimated_seconds == pytest.approx(40 * PACED)
@@ -377,7 +426,7 @@ async def test_plan_mode_sends_nothing_and_estimates_the_time(svc, blocks, tmp_p
     assert len(pd.read_csv(summary.dead_letter)) == 4  # the plan already lists what would be rejected
 
     # a block without an interval: the plan's documented rate (Free: one event per 60 s)
-    free, run_id = await run(tmp_path, miniviz_block="backfill-free", **params)
+    _, free, run_id = await run_state(tmp_path, miniviz_block="backfill-free", **params)
     assert free.estimated_seconds == 40 * 60 and free.interval_seconds == 60
     assert "one event per 60 s (free plan)" in (await artifact(run_id, "miniviz-backfill-plan")).data
     assert svc.received()["requests"] == {}
@@ -400,7 +449,8 @@ async def test_failed_events_are_reported_and_sent_by_the_next_run(svc, blocks, 
         source=str(tmp_path / "flaky.csv"), miniviz_block="backfill-fast-noretry", label_key="flaky"
     )
     svc.faults(error_rate=0.3, error_status=503, seed=7)
-    first, _ = await run(tmp_path, **params)
+    message, first = await run_failed(tmp_path, **params)
+    assert f"{first.events_failed} failed" in message and str(tmp_path / "report.csv") in message
     assert first.events_failed > 0 and first.events_sent + first.events_failed == 20
     dead = pd.read_csv(first.dead_letter)
     assert (dead.status == "failed").sum() == first.events_failed and dead.detail.str.contains("503").all()
@@ -422,12 +472,14 @@ async def test_a_refused_token_fails_the_run_and_still_writes_the_report(svc, bl
     )
     pd.DataFrame({"timestamp": [T0], "v": [1]}).to_csv(tmp_path / "one.csv", index=False)
     state = await miniviz_backfill(
-        source=str(tmp_path / "one.csv"),
-        miniviz_block="backfill-wrong",
-        label_key="x",
-        data_interval_seconds=0,
-        journal=str(tmp_path / "j.jsonl"),
-        report=str(tmp_path / "r.csv"),
+        **grouped(
+            source=str(tmp_path / "one.csv"),
+            miniviz_block="backfill-wrong",
+            label_key="x",
+            data_interval_seconds=0,
+            journal=str(tmp_path / "j.jsonl"),
+            report=str(tmp_path / "r.csv"),
+        ),
         return_state=True,
     )
     assert state.is_failed()
@@ -435,6 +487,104 @@ async def test_a_refused_token_fails_the_run_and_still_writes_the_report(svc, bl
     assert isinstance(error, FatalSendError) and "refused the project or token" in str(error)
     assert "403" in str(error) and "wrong-token-123" not in str(error) + str(state.message)
     assert pd.read_csv(tmp_path / "r.csv").status.tolist() == ["pending"]
+
+
+# --- real-world historical files: the run's final state tells the truth --------------------------------------
+
+CO2 = os.path.join(os.path.dirname(statsmodels.datasets.co2.__file__), "co2.csv")
+MS_1958_03_29 = -371_174_400_000
+
+
+async def test_co2_from_1958_lands_whole_and_completes(svc, blocks, tmp_path):
+    """YYYYMMDD integers from 1958: dates before 1970 (negative ms) and 2001; the 59 gaps are skipped."""
+    state, summary, _ = await run_state(
+        tmp_path, source=CO2, miniviz_block="backfill-fast", timestamp_column="date", label_key="mauna-loa"
+    )
+    assert state.is_completed()
+    assert (summary.events_sent, summary.rows_skipped, summary.rows_rejected) == (2225, 59, 0)
+    stamps = [e[1] for e in stored_events(svc, "fast")]
+    assert min(stamps) == MS_1958_03_29 and len(stamps) == 2225 and svc.received()["duplicates"] == {}
+
+
+async def test_textual_months_need_a_format_or_every_row_is_rejected(svc, blocks, tmp_path):
+    params = dict(
+        source=local_data.stocks.filepath,
+        miniviz_block="backfill-fast",
+        timestamp_column="date",
+        label_column="symbol",
+        dry_run=True,
+    )
+    message, summary = await run_failed(tmp_path, **params)
+    assert summary.rejected_by_reason == {"timestamp_invalid": 560}
+    assert message.startswith("560 items (events sent or planned, rows skipped or rejected): 560 rejected")
+    dead = pd.read_csv(summary.dead_letter)
+    assert dead.detail[0].endswith("date='Jan 1 2000'") and set(dead.status) == {"rejected"}
+    planned, _ = await run(tmp_path, **params, timestamp_format="%b %d %Y", report=str(tmp_path / "ok.csv"))
+    assert (planned.events_to_send, planned.rows_rejected) == (560, 0)
+    assert svc.received()["requests"] == {}
+
+
+def european_co2(path: Path, rows: int = 30) -> Path:
+    """co2 as a European spreadsheet exports it: semicolons, decimal commas, latin-1 accents."""
+    df = pd.read_csv(CO2).head(rows).dropna()
+    df["site"] = "Mauna Loa, Hawaï"
+    path.write_bytes(df.to_csv(index=False, sep=";", decimal=",").encode("latin-1"))
+    return path
+
+
+async def test_semicolons_decimal_commas_and_latin1_are_detected_and_sent(svc, blocks, tmp_path):
+    src = european_co2(tmp_path / "co2-eu.csv")
+    summary, _ = await run(
+        tmp_path, source=str(src), miniviz_block="backfill-fast", timestamp_column="date", label_key="ml"
+    )
+    first = stored_events(svc, "fast")[0]
+    assert first[1] == MS_1958_03_29 and json.loads(first[2]) == {"co2": 316.1, "site": "Mauna Loa, Hawaï"}
+    report = pd.read_csv(summary.report)
+    assert report.read_as[0] == "sep ';' (detected), encoding 'cp1252' (detected), decimal ',' (detected)"
+
+
+async def test_unreadable_or_unmappable_files_end_the_run_failed(svc, blocks, tmp_path):
+    src = european_co2(tmp_path / "co2-eu.csv")
+    base = dict(source=str(src), miniviz_block="backfill-fast", timestamp_column="date", label_key="ml")
+    cases = [
+        ({"encoding": "utf-8"}, "cannot be read as CSV: UnicodeDecodeError"),
+        ({"sep": ",", "decimal": "."}, "available: ['date;co2;site']; the header holds a separator: set sep"),
+        ({"metrics": ["c02"]}, "['c02'] not in"),
+        ({"label_key": "", "label_column": "station"}, "['station'] not in the file"),
+    ]
+    for i, (change, fragment) in enumerate(cases):
+        report = tmp_path / f"r{i}.csv"
+        message, summary = await run_failed(tmp_path, **{**base, **change}, report=str(report))
+        assert fragment in message and f"report {report}" in message, message
+        assert summary.events_sent == 0 and summary.files_failed == 1
+        row = pd.read_csv(report).iloc[0]
+        assert row.status == "failed" and fragment in row.error
+    message, _ = await run_failed(tmp_path, **{**base, "metrics": ["c02"]}, report=str(tmp_path / "m.csv"))
+    assert "available: ['date', 'co2', 'site']" in message  # the file's real columns
+    assert svc.received()["requests"] == {}
+
+
+async def test_ragged_rows_are_rejected_with_their_line_and_the_rest_is_sent(svc, blocks, tmp_path):
+    src = tmp_path / "ragged.csv"
+    src.write_text("date,co2\n19580329,316.1\n19580405,317.3,oops\n19580412,317.6\n")
+    message, summary = await run_failed(
+        tmp_path, source=str(src), miniviz_block="backfill-fast", timestamp_column="date", label_key="ml"
+    )
+    assert "2 done, 1 rejected" in message and summary.rejected_by_reason == {"bad_line": 1}
+    dead = pd.read_csv(summary.dead_letter)
+    assert dead.reason.tolist() == ["bad_line"] and "line 3: expected 2 fields, saw 3" in dead.detail[0]
+    assert len(stored_events(svc, "fast")) == 2
+
+
+async def test_empty_sources_end_the_run_failed(svc, blocks, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "header-only.csv").write_text("timestamp,label_key,v\n")
+    message, summary = await run_failed(tmp_path, source=str(folder), miniviz_block="backfill-fast")
+    assert message.startswith("nothing to send in 1 file(s). 1 items") and summary.events == 0
+    (folder / "zero-bytes.csv").write_bytes(b"")
+    message, _ = await run_failed(tmp_path, source=str(folder), miniviz_block="backfill-fast")
+    assert "zero-bytes.csv: cannot be read as CSV" in message and "No columns to parse" in message
 
 
 # --- kill -9 mid-run, then resume -----------------------------------------------------------------------
@@ -460,14 +610,14 @@ def test_kill_9_mid_run_then_resume_loses_nothing(svc, blocks, tmp_path):
     )
     df.to_csv(tmp_path / "big.csv", index=False)
     expected = sorted(key(f"dev_{i % 5}", T0 + i * 1000, {"v": i}) for i in range(n))
-    params = {
-        "source": str(tmp_path / "big.csv"),
-        "miniviz_block": "backfill-fast",
-        "concurrency": concurrency,
-        "batch_size": 100,
-        "journal": str(tmp_path / "journal.jsonl"),
-        "report": str(tmp_path / "killed.csv"),
-    }
+    params = grouped(
+        source=str(tmp_path / "big.csv"),
+        miniviz_block="backfill-fast",
+        concurrency=concurrency,
+        batch_size=100,
+        journal=str(tmp_path / "journal.jsonl"),
+        report=str(tmp_path / "killed.csv"),
+    )
     svc.faults(latency=3)  # 30 ms per request: the run lasts long enough to be killed mid-way
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, json.dumps(params)], cwd=REPO, env=env)
@@ -488,7 +638,7 @@ def test_kill_9_mid_run_then_resume_loses_nothing(svc, blocks, tmp_path):
     assert accepted_at_kill < n, "the kill came too late to test anything"
     svc.faults()
 
-    params["report"] = str(tmp_path / "resumed.csv")
+    params["outputs"]["report"] = str(tmp_path / "resumed.csv")
     summary = asyncio.run(miniviz_backfill(**params))
     got = svc.received()
     duplicates = got["duplicates"].get("data", 0)

@@ -72,6 +72,16 @@ async def test_image_pacing_per_label_and_wait_time(svc):
     assert "429" not in svc.received()["rejected_by_status"]
 
 
+async def test_historical_timestamps_are_sent_as_they_are(svc):
+    """No lower bound is documented: 1958 (negative ms) and 1989 (< 10^12 ms) go through the client."""
+    project = creds(svc)
+    async with project.get_client() as client:
+        for ts in (-371_260_800_000, 600_000_000_000):
+            assert (await client.send_data("historic", {"co2": 315.71}, ts)).id
+    got = svc.control("GET", "events", params={"project_id": project.project_id})["events"]
+    assert sorted(e["timestamp"] for e in got) == [-371_260_800_000, 600_000_000_000]
+
+
 async def test_legacy_query_auth_works(svc):
     async with creds(svc, auth_mode="query").get_client() as client:
         assert (await client.send_data("s", {"t": 1}, TS)).id
@@ -101,7 +111,7 @@ async def test_free_plan_image_is_refused_before_sending(svc):
         (lambda c: c.send_data("s", {"s": "x" * 400}, TS), "at most 400"),
         (lambda c: c.send_data("s", {"on": True}, TS), "payload.on: bool value not allowed"),
         (lambda c: c.send_data("s", {"t": float("nan")}, TS), "not a finite number"),
-        (lambda c: c.send_data("s", {"t": 1}, 1_731_129_600), "looks like seconds"),
+        (lambda c: c.send_data("s", {"t": 1}, 1.7e12), "timestamp: must be an integer, got float"),
         (lambda c: c.send_image("cam", b"GIF89a", "a.gif", TS), "neither JPEG nor PNG"),
         (
             lambda c: c.send_image("cam", b"\xff\xd8\xff" + b"0" * 204_800, "a.jpg", TS),

@@ -69,7 +69,7 @@ def image(label="camera_1", content=None):
     }
 
 
-# --- the vendor's own examples (vendor-docs/miniviz-quickstart.txt), host and credentials adapted --------------
+# --- the vendor's own examples (Miniviz's quick start page), host and credentials adapted ------------------
 
 
 def test_vendor_curl_data_example(svc, pro):
@@ -249,7 +249,7 @@ def test_image_api_on_free_plan_is_403(svc, free):
         ({"label_key": "a", "payload": {"t": 1}}, "timestamp is required"),
         ({"timestamp": NOW_MS, "payload": {"t": 1}}, "label_key is required"),
         ({"timestamp": NOW_MS, "label_key": "a"}, "payload is required"),
-        (data(timestamp=1_731_129_600), "milliseconds"),
+        (data(timestamp=2**63), "out of range"),
         (data(timestamp="1731129600000"), "integer"),
         (data(timestamp=1.5e12 + 0.5), "integer"),
         (data(label_key="bad label!"), "may only contain"),
@@ -278,6 +278,16 @@ def test_invalid_json_is_400(svc, pro):
         headers={"Authorization": f"Bearer {pro['token']}", "Content-Type": "application/json"},
     )
     assert r.status_code == 400
+
+
+def test_any_integer_of_milliseconds_is_accepted_historical_dates_too(svc, pro):
+    """Miniviz documents UNIX ms and no lower bound: 1958 (negative ms), 1970 and 1989 (< 10^12) are data."""
+    for i, ts in enumerate([-371_260_800_000, 0, 1_731_129_600, 600_000_000_000]):
+        if i:
+            time.sleep(0.2)  # the project's data interval (scaled), not an assertion
+        r = post(svc, pro, body=data(timestamp=ts))
+        assert r.status_code == 200, r.text
+        assert r.json()["timestamp"] == ts
 
 
 def test_payload_limits_are_inclusive(svc, pro):

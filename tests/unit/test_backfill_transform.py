@@ -36,8 +36,8 @@ T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 MIN = 60_000
 
 
-def ms_of(values, unit="auto", tz="UTC"):
-    ms, codes = to_unix_ms(pd.Series(values), unit, tz)
+def ms_of(values, unit="auto", tz="UTC", fmt=""):
+    ms, codes = to_unix_ms(pd.Series(values), unit, tz, fmt)
     return [int(m) if c is None else c for m, c in zip(ms, codes, strict=True)]
 
 
@@ -100,20 +100,15 @@ def test_explicit_epoch_units():
     assert ms_of([s], "s") == [T0]
     assert ms_of([s * 1000], "ms") == [T0]
     assert ms_of([s * 1000], "s") == ["timestamp_out_of_range"]  # ms read as seconds: year 55,000
-    assert ms_of([s], "ms") == ["timestamp_out_of_range"]  # seconds read as ms: 1970
+    assert ms_of([s], "ms") == [s]  # seconds read as ms: 1970-01-20, a real date (the user said ms)
     assert ms_of(["2024-01-01"], "s") == ["timestamp_invalid"]
-    assert ms_of([s], "iso") == ["timestamp_invalid"]
+    assert ms_of(["2024-01-01", s], fmt="ISO8601") == [T0, "timestamp_invalid"]
 
 
 def test_missing_garbage_and_out_of_range_timestamps():
     got = ms_of(["2024-01-01T00:00:00Z", None, "yesterday", "1999-12-31T23:00:00Z", "6000-01-01T00:00:00Z"])
-    assert got == [
-        T0,
-        "timestamp_missing",
-        "timestamp_invalid",
-        "timestamp_out_of_range",
-        "timestamp_out_of_range",
-    ]
+    assert got == [T0, "timestamp_missing", "timestamp_invalid", 946_681_200_000, 127_174_492_800_000]
+    assert ms_of([10**17 * 1000], "s") == ["timestamp_out_of_range"]  # no calendar date
     assert ms_of([float("nan"), float("inf")]) == ["timestamp_missing", "timestamp_invalid"]
 
 
