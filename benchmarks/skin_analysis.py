@@ -115,15 +115,15 @@ def skin_analysis_300() -> dict[str, Any]:
         blocks = save_blocks(emu)
         args = {
             "source": str(tmp / "selfies"),
-            "dataset_name": DATASET,
             "haut_block": blocks["haut_block"],
-            "batch_size": BATCH_SIZE,
-            "parallel_batches": PARALLEL_BATCHES,
-            "concurrency": CONCURRENCY,
-            "poll_initial_delay": PROCESSING_S,
-            "poll_max_delay": 2.0,
-            "report": f"{tmp}/report.csv",
-            "journal": f"{tmp}/journal.jsonl",
+            "analysis": {"dataset_name": DATASET},
+            "upload": {
+                "batch_size": BATCH_SIZE,
+                "parallel_batches": PARALLEL_BATCHES,
+                "concurrency": CONCURRENCY,
+            },
+            "polling": {"initial_delay": PROCESSING_S, "max_delay": 2.0},
+            "outputs": {"report": f"{tmp}/report.csv", "journal": f"{tmp}/journal.jsonl"},
         }
         run = run_flow("flows.skin_analysis:skin_analysis", args)
         haut = emu["haut"].received()

@@ -212,7 +212,7 @@ async def submit_skin_batch(
                 )
                 w.side_item[image.side] = image.item
             except Exception as exc:  # one unusable image never stops the batch
-                status, reason = read_error(exc)
+                status, reason = read_error(exc, image.source)
                 if status == "rejected":
                     w.images[image.item] = ImageOutcome(item=image.item, status="rejected", reason=reason)
                 else:

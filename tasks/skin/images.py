@@ -1,6 +1,6 @@
 """Image preparation for Haut (CPU, run off the event loop): validate by content, turn upright, optionally shrink.
 
-Haut takes a decodable JPEG or PNG of at least 256×256 px and at most 30 MiB (apis.md §4.13). Untouched
+Haut takes a decodable JPEG or PNG of at least 256×256 px and at most 30 MiB (docs/apis.md §4.13). Untouched
 images are sent byte for byte; an EXIF orientation is applied to the pixels (tag removed) so Haut sees the
 face upright; ``max_side`` shrinks bigger photos.
 """
@@ -87,11 +87,15 @@ def prepare_image(data: bytes, max_side: int | None = None) -> Prepared:
     return Prepared(out, final.format, width, height, sha_in, sha_out, "; ".join(steps) or None)
 
 
-def read_error(exc: Exception) -> tuple[str, str]:
+def read_error(exc: Exception, source: str = "") -> tuple[str, str]:
     """``(status, reason)`` for an image that could not be read or prepared; never names the path (it may hold
-    a subject's name) nor quotes the content."""
+    a subject's name: a check quoting ``source`` or its S3 key says "the path" instead) nor quotes the content."""
     if isinstance(exc, InputError):
-        return "rejected", _STARTS_WITH.sub("", str(exc))
+        reason = _STARTS_WITH.sub("", str(exc))
+        key = source[len("s3://") :].partition("/")[2] if source.startswith("s3://") else ""
+        for quoted in {repr(x) for x in (source, key) if x}:
+            reason = reason.replace(quoted, "the path")
+        return "rejected", reason
     if isinstance(exc, FileNotFoundError | NotFoundError):
         return "rejected", "file not found"
     if isinstance(exc, IsADirectoryError):

@@ -23,7 +23,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from clients.errors import InputError
+from clients.errors import InputError, NotFoundError
 from clients.haut import check_text
 from clients.haut_models import Side, SubjectSpec
 from tasks.storage import BucketRef, get_bytes, list_keys, parse_s3_uri
@@ -37,7 +37,8 @@ class ImageInput(BaseModel):
     """One input image. ``item`` numbers inputs from 1 in listing (or manifest) order."""
 
     item: int
-    source: str  # local path or s3:// URI (as the user gave it)
+    source: str  # local path or s3:// URI, to read it (never written to a report, a log or an artifact)
+    name: str = ""  # relative to the folder or prefix, or as written in the manifest: reports, when asked
     subject: str | None  # the subject's name; None when it could not be determined (rejected)
     side: Side = "front"
     group: str = ""  # images of one subject and group form one v3 batch
@@ -96,10 +97,11 @@ def images_from_files(sources: Sequence[tuple[str, str]]) -> list[ImageInput]:
             ImageInput(
                 item=n,
                 source=source,
+                name=relative,
                 subject=subject if problem is None else None,
                 side=side,
                 group=group,
-                rejected=f"{relative!r}: {problem}" if problem else None,
+                rejected=problem,  # without the file name: it is often the subject's name
             )
         )
     return images
@@ -217,11 +219,12 @@ def images_from_manifest(df: pd.DataFrame, manifest: str) -> SkinInputs:
                 and _is_local(path)
             ):
                 # a manifest from S3 must not make the worker upload its own files
-                problem = f"manifest row {row_no}: a manifest read from S3 names a local path ({path!r})"
+                problem = f"manifest row {row_no}: a manifest read from S3 names a local path"
             images.append(
                 ImageInput(
                     item=item,
                     source=resolve_manifest_path(manifest, path) if path else "",
+                    name=path,
                     subject=subject or None,
                     side=side if side in SIDES else "front",  # type: ignore[arg-type]
                     group=group,
@@ -290,12 +293,22 @@ def list_s3_prefix(s3_client: Any, uri: str) -> tuple[list[tuple[str, str]], int
 
 def read_manifest(source: str, s3_client: Any) -> pd.DataFrame:
     """A CSV manifest with every value as text (subject names like ``007`` must stay names)."""
-    if source.startswith("s3://"):
-        bucket, key = parse_s3_uri(source, field="source")
-        data = get_bytes(BucketRef(s3_client, bucket), key)
-    else:
-        data = Path(source).read_bytes()
-    return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, skipinitialspace=True)
+    try:
+        if source.startswith("s3://"):
+            bucket, key = parse_s3_uri(source, field="source")
+            data = get_bytes(BucketRef(s3_client, bucket), key)
+        else:
+            data = Path(source).read_bytes()
+    except (FileNotFoundError, NotFoundError):
+        raise InputError("source", "no such manifest") from None
+    try:
+        return pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise InputError("source", "the manifest is empty") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(
+            "source", f"the manifest is not a readable CSV file ({type(exc).__name__})"
+        ) from None
 
 
 def is_manifest(source: str) -> bool:

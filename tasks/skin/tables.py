@@ -5,7 +5,8 @@
 - **tidy**: one row per (analysis, algorithm, area, metric): value, value_text, tag;
 - ``metric_summary``: mean, min and max of each whole-face metric (the summary artifact).
 
-Reports name subjects by a pseudonymous ``subject_key``; names only when asked (``with_names``).
+Reports name images by item number and content hash, and subjects by a pseudonymous ``subject_key``; the file
+name relative to the source (``file_names``) and the subject's name (``subject_names``) only when asked.
 """
 
 from __future__ import annotations
@@ -34,22 +35,28 @@ def subject_key(dataset: str, subject: str) -> str:
 
 
 TIDY_COLUMNS = [
-    "analysis", "image", "sides", "subject_key", "api_version", "subject_id", "batch_id", "image_id",
-    "algorithm", "area", "metric", "value", "value_text", "tag",
+    "analysis", "image", "sides", "subject_key", "subject_name", "api_version", "subject_id", "batch_id",
+    "image_id", "algorithm", "area", "metric", "value", "value_text", "tag",
 ]  # fmt: skip
 WIDE_BASE_COLUMNS = [
-    "item", "image", "side", "subject_key", "status", "reason", "resumed", "analysis", "api_version",
-    "subject_id", "batch_id", "image_id", "width", "height", "sha256", "uploaded_sha256", "transform", "warnings",
+    "item", "image", "side", "subject_key", "subject_name", "status", "reason", "resumed", "analysis",
+    "api_version", "subject_id", "batch_id", "image_id", "width", "height", "sha256", "uploaded_sha256",
+    "transform", "warnings",
 ]  # fmt: skip
+PERSONAL_COLUMNS = ("image", "subject_name")  # only in reports that asked for them
+
+
+def _present(columns: Sequence[str], records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """``columns`` without the personal ones no record carries."""
+    return [c for c in columns if c not in PERSONAL_COLUMNS or any(c in r for r in records)]
 
 
 def tidy_table(
     entries: Sequence[Mapping[str, Any]], rows_of: Mapping[int, Sequence[Row | MetricRow]]
 ) -> pd.DataFrame:
     """One row per (analysis, algorithm, area, metric). ``entries``: one dict per done analysis with the
-    columns before ``algorithm`` (and ``subject_name`` when names are wanted); ``rows_of``: its metric rows."""
-    extra = [c for c in (entries[0] if entries else {}) if c not in TIDY_COLUMNS]
-    columns = TIDY_COLUMNS[:4] + extra + TIDY_COLUMNS[4:]
+    columns before ``algorithm`` (``image`` and ``subject_name`` when asked for); ``rows_of``: its metric rows."""
+    columns = _present(TIDY_COLUMNS, entries[:1])
     data: dict[str, list[Any]] = {c: [] for c in columns}
     described = [c for c in columns if c not in MetricRow._fields]
     for entry in entries:  # built column by column: one dict per row cost more than writing the file
@@ -80,9 +87,7 @@ def wide_columns(rows: Sequence[Row | MetricRow]) -> dict[str, Any]:
 
 def wide_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per input image: the base columns, then metric columns in first-seen order."""
-    base = [c for c in WIDE_BASE_COLUMNS]
-    if any("subject_name" in r for r in records):
-        base.insert(base.index("subject_key") + 1, "subject_name")
+    base = _present(WIDE_BASE_COLUMNS, records)
     metric_cols: dict[str, None] = {}
     for r in records:
         for column in r:
@@ -124,18 +129,20 @@ def wide_row(
     outcome: UnitOutcome | None,
     dataset_name: str,
     api_version: str,
-    with_names: bool,
+    file_names: bool = False,
+    subject_names: bool = False,
 ) -> dict[str, Any]:
     """The wide report's row of one input image."""
     row: dict[str, Any] = {
         "item": image.item,
-        "image": image.source or None,
         "side": image.side,
         "subject_key": subject_key(dataset_name, image.subject) if image.subject else None,
         "api_version": api_version,
         "resumed": False,
     }
-    if with_names:
+    if file_names:
+        row["image"] = image.name or None
+    if subject_names:
         row["subject_name"] = image.subject
     if image.rejected:
         return {**row, "status": "rejected", "reason": image.rejected}
@@ -165,15 +172,19 @@ def wide_row(
 
 
 def tidy_entry(
-    unit: SkinUnit, outcome: UnitOutcome, dataset_name: str, api_version: str, with_names: bool
+    unit: SkinUnit,
+    outcome: UnitOutcome,
+    dataset_name: str,
+    api_version: str,
+    file_names: bool = False,
+    subject_names: bool = False,
 ) -> dict[str, Any]:
     """The columns a done analysis gives each of its rows in the tidy report (before ``algorithm``)."""
     done = [i for i in outcome.images if i.status == "done"]
-    sources = {i.item: i.source for i in unit.images}
+    names = {i.item: i.name for i in unit.images}
     sides = {i.item: i.side for i in unit.images}
     entry: dict[str, Any] = {
         "analysis": unit.unit,
-        "image": sources[done[0].item] if done else unit.images[0].source,
         "sides": "+".join(sides[i.item] for i in done),
         "subject_key": subject_key(dataset_name, unit.subject),
         "api_version": api_version,
@@ -181,7 +192,9 @@ def tidy_entry(
         "batch_id": outcome.batch_id,
         "image_id": "+".join(i.image_id or "" for i in done),
     }
-    if with_names:
+    if file_names:  # v3: the first done side's (front if done)
+        entry["image"] = names[done[0].item] if done else unit.images[0].name
+    if subject_names:
         entry["subject_name"] = unit.subject
     return entry
 
@@ -192,20 +205,23 @@ def report_tables(
     outcomes: Mapping[int, UnitOutcome],
     dataset_name: str,
     api_version: str,
-    with_names: bool,
+    file_names: bool = False,
+    subject_names: bool = False,
 ) -> tuple[list[dict[str, Any]], pd.DataFrame, pd.DataFrame]:
-    """``(wide rows, wide table, tidy table)`` of a run: every input image, every done analysis's metrics."""
+    """``(wide rows, wide table, tidy table)`` of a run: every input image, every done analysis's metrics;
+    file names and subject names only when asked (``file_names``, ``subject_names``)."""
+    personal = {"file_names": file_names, "subject_names": subject_names}
     unit_of = {i.item: u for u in units for i in u.images}
     wide_rows = []
     for image in images:
         unit = unit_of.get(image.item)
         outcome = outcomes.get(unit.unit) if unit else None
-        wide_rows.append(wide_row(image, unit, outcome, dataset_name, api_version, with_names))
+        wide_rows.append(wide_row(image, unit, outcome, dataset_name, api_version, **personal))
     entries, rows_of = [], {}
     for unit in units:
         outcome = outcomes[unit.unit]
         if outcome.status == "done":
-            entries.append(tidy_entry(unit, outcome, dataset_name, api_version, with_names))
+            entries.append(tidy_entry(unit, outcome, dataset_name, api_version, **personal))
             rows_of[unit.unit] = outcome.rows
     return wide_rows, wide_table(wide_rows), tidy_table(entries, rows_of)
 

@@ -20,6 +20,7 @@ import boto3
 import httpx
 import pandas as pd
 import pytest
+import skimage
 from PIL import Image, ImageDraw
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -39,11 +40,12 @@ from emulators.haut.catalog import FSM2_FAMILIES
 from emulators.haut.results import V3_KEYS, metric_scores
 from emulators.launcher import running_emulators
 from flows.skin_analysis import skin_analysis
+from tasks.run_state import IncompleteRun
 from tests.conftest import TEST_TIME_SCALE, start_service
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-FAST = {"poll_initial_delay": 0.05, "poll_max_delay": 0.2, "results_timeout": 20.0}
+FAST = {"polling": {"initial_delay": 0.05, "max_delay": 0.2, "results_timeout": 20.0}}
 # Distinctive personal data: none of it may show up in logs or artifacts.
 SECRET_NAMES = ["zelda-quixote", "yorick-umber", "Xanthe Vellacott", "Wendell Ostrowski", "Quentin Marlowe"]
 BIRTH_DATE, META_WORD = "1987-03-14", "orchid-seven"
@@ -138,10 +140,14 @@ class Collect(logging.Handler):
 
 
 async def run(**params):
-    """Run the flow; returns (summary, everything it logged or published as text)."""
+    """Run the flow; returns (summary, everything it logged or published as text, artifacts by key, final
+    state). A Failed run's summary is the one its ``IncompleteRun`` carries."""
     with Collect() as collected:
         state = await skin_analysis(**params, return_state=True)
-    summary = await state.aresult()
+    try:
+        summary = await state.aresult()
+    except IncompleteRun as exc:
+        summary = exc.summary
     run_id = state.state_details.flow_run_id
     await APILogHandler.aflush()
     async with get_client() as client:
@@ -157,7 +163,7 @@ async def run(**params):
     }
     published = [m.message for m in logs] + collected.messages
     published += [str(a.data) + (a.description or "") for a in artifacts]  # table data: a JSON string
-    return summary, "\n".join(published), {a.key: a for a in artifacts}
+    return summary, "\n".join(published), {a.key: a for a in artifacts}, state
 
 
 def assert_private(text: str, *extra: str) -> None:
@@ -205,19 +211,18 @@ async def test_v1_folder_rejects_bad_images_and_rerun_sends_nothing(emu, blocks,
         "fake.jpg": write(src / "fake.jpg", b"Xanthe Vellacott's shopping list, not a photo"),
     }
     (src / "notes.txt").write_text("not an image")
-    params = {**blocks, "source": str(src), "report": str(tmp_path / "out" / "run1.csv"), **FAST}
-    params.pop("s3_bucket_block")
+    report = str(tmp_path / "out" / "run1.csv")
+    params = {**blocks, "source": str(src), "outputs": {"report": report}, **FAST}
+    params.update(s3_bucket_block="", privacy={"include_file_names": True})
 
-    summary, published, artifacts = await run(**params)
+    summary, published, artifacts, state = await run(**params)
+    assert state.is_failed() and state.message == f"6 images: 4 done, 2 rejected; report {report}"
     assert (summary.images, summary.done, summary.rejected, summary.failed) == (6, 4, 2, 0)
     assert summary.ignored_files == 1 and summary.resumed == 0
     assert summary.journal.startswith(".pipeline-state/skin-analysis/") and Path(summary.journal).exists()
     wide = pd.read_csv(summary.report)
     tidy = pd.read_csv(summary.metrics_report)
-    by_name = {
-        Path(p).relative_to(src).as_posix(): r
-        for p, r in zip(wide["image"], wide.to_dict("records"), strict=True)
-    }
+    by_name = {r["image"]: r for r in wide.to_dict("records")}  # relative to the folder, as asked
     assert (
         by_name["tiny.jpg"]["status"] == "rejected"
         and "64×64 px (at least 256×256)" in by_name["tiny.jpg"]["reason"]
@@ -259,8 +264,8 @@ async def test_v1_folder_rejects_bad_images_and_rerun_sends_nothing(emu, blocks,
     assert_private(published, "selfies/", "tiny.jpg", "shopping list")
 
     # re-run: everything from the journal, nothing sent, same values
-    params["report"] = str(tmp_path / "out" / "run2.csv")
-    again, published, _ = await run(**params)
+    params["outputs"] = {"report": str(tmp_path / "out" / "run2.csv")}
+    again, published, _, _ = await run(**params)
     assert (again.done, again.rejected, again.resumed) == (4, 2, 4)
     second = counts(svc)
     for op in ("create_subject", "signed_upload_url", "upload", "compute", "create_dataset"):
@@ -299,15 +304,17 @@ async def test_v3_manifest_sides_fields_and_gdpr_delete(emu, blocks, tmp_path):
     params = {
         **blocks,
         "source": str(folder / "manifest.csv"),
-        "api_version": "v3",
-        "delete_photos": True,
-        "subject_names_in_report": True,
-        "report": str(tmp_path / "out" / "v3.parquet"),
-        "journal": str(tmp_path / "journal.jsonl"),
+        "analysis": {"api_version": "v3"},
+        "privacy": {"delete_photos": True, "include_subject_names": True},
+        "outputs": {
+            "report": str(tmp_path / "out" / "v3.parquet"),
+            "journal": str(tmp_path / "journal.jsonl"),
+        },
         **FAST,
     }
     params.pop("s3_bucket_block")
-    summary, published, artifacts = await run(**params)
+    summary, published, artifacts, state = await run(**params)
+    assert state.is_failed() and "8 images: 5 done, 3 rejected" in state.message
     assert (summary.images, summary.analyses, summary.done, summary.rejected) == (8, 3, 5, 3)
     assert summary.photos_deleted_subjects == 2
     wide = pd.read_parquet(summary.report)
@@ -318,6 +325,7 @@ async def test_v3_manifest_sides_fields_and_gdpr_delete(emu, blocks, tmp_path):
     assert list(wide["side"][:5]) == ["front", "left", "right", "front", "right"]
     assert wide["batch_id"][0] == wide["batch_id"][1] == wide["batch_id"][2] != wide["batch_id"][3]
     assert list(wide["subject_name"][:5]) == ["Xanthe Vellacott"] * 3 + ["Wendell Ostrowski"] * 2  # asked for
+    assert "image" not in wide.columns and "image" not in tidy.columns  # file names: not asked for
     assert set(tidy["sides"]) == {"front+left+right", "front+right"}
     for analysis, front in ((1, "img0.jpg"), (2, "img3.jpg")):  # v3 parameters come from the front image
         scores = face_scores(tidy, analysis, lambda f: (V3_KEYS[f], "score"))
@@ -340,7 +348,7 @@ async def test_v3_manifest_sides_fields_and_gdpr_delete(emu, blocks, tmp_path):
     assert got["accepted"]["create_subject"] == 2  # not for Quentin: no usable image, so no name sent
     assert_private(published)  # names are in the report (asked for), never in logs or artifacts
 
-    again, published, _ = await run(**params)  # photos already deleted: nothing to send, nothing to delete
+    again, published, _, _ = await run(**params)  # photos already deleted: nothing to send, nothing to delete
     assert (again.done, again.resumed, again.photos_deleted_subjects) == (5, 2, 0)
     assert counts(svc)["accepted"] == got["accepted"]
     assert_private(published)
@@ -367,11 +375,15 @@ async def test_s3_prefix_in_s3_reports_and_journal_out(emu, blocks, tmp_path):
     params = {
         **blocks,
         "source": f"s3://{bucket}/selfies/",
-        "report": f"s3://{bucket}/reports/skin.parquet",
-        "journal": f"s3://{bucket}/journals/skin/",
+        "outputs": {
+            "report": f"s3://{bucket}/reports/skin.parquet",
+            "journal": f"s3://{bucket}/journals/skin/",
+        },
+        "privacy": {"include_file_names": True},
         **FAST,
     }
-    summary, published, _ = await run(**params)
+    summary, published, _, state = await run(**params)
+    assert state.is_completed()  # _SUCCESS is no image: left out by design
     assert (summary.images, summary.done, summary.ignored_files) == (3, 3, 1)
     wide = pd.read_parquet(
         io.BytesIO(client.get_object(Bucket=bucket, Key="reports/skin.parquet")["Body"].read())
@@ -379,17 +391,17 @@ async def test_s3_prefix_in_s3_reports_and_journal_out(emu, blocks, tmp_path):
     tidy = pd.read_parquet(
         io.BytesIO(client.get_object(Bucket=bucket, Key="reports/skin-metrics.parquet")["Body"].read())
     )
-    assert list(wide["image"]) == sorted(f"s3://{bucket}/{k}" for k in sent)  # listing order
+    assert list(wide["image"]) == sorted(k.removeprefix("selfies/") for k in sent)  # relative, listing order
     assert list(wide["side"]) == ["front", "front", "left"]
     for row in wide.to_dict("records"):
         assert face_scores(tidy, row["analysis"], lambda f: (f, f"{f}_score")) == metric_scores(
-            sent[row["image"][len(f"s3://{bucket}/") :]]
+            sent["selfies/" + row["image"]]
         )
     journal_keys = client.list_objects_v2(Bucket=bucket, Prefix="journals/skin/")["KeyCount"]
     assert journal_keys >= 2
     assert_private(published)
 
-    again, _, _ = await run(**params)
+    again, _, _, _ = await run(**params)
     assert again.resumed == 3 and counts(emu["haut"])["accepted"]["upload"] == 3
 
 
@@ -398,20 +410,21 @@ async def test_results_timeout_then_rerun_collects_without_uploading(emu, blocks
     src = tmp_path / "in"
     for i in range(3):
         write(src / f"p{i}.jpg", face(30 + i))
-    params = {**blocks, "source": str(src), "report": str(tmp_path / "r1.csv"), **FAST}
-    params["journal"] = str(tmp_path / "journal.jsonl")
-    params.pop("s3_bucket_block")
-    params["results_timeout"] = 0.001  # processing takes 0.22 s here: nothing is ready in time
-    params["show_personal_data"] = True  # asked for: the failures list names files and subjects
-    summary, _, artifacts = await run(**params)
-    assert (summary.done, summary.failed, summary.pending) == (0, 3, 3)  # pending only: the run succeeds
+    outputs = {"report": str(tmp_path / "r1.csv"), "journal": str(tmp_path / "journal.jsonl")}
+    # processing takes 0.22 s here: nothing is ready in time
+    polling = {**FAST["polling"], "results_timeout": 0.001}
+    params = {**blocks, "source": str(src), "outputs": outputs, "polling": polling, "s3_bucket_block": ""}
+    summary, _, artifacts, state = await run(**params)
+    assert (summary.done, summary.failed, summary.pending) == (0, 3, 3)
+    assert state.is_failed()  # not delivered yet: the run says so, and how to get the rest
+    assert "3 image(s) computed but without results yet: a re-run collects them" in state.message
     assert "may still arrive" in pd.read_csv(summary.report)["reason"][0]
     failures = artifacts["skin-analysis-failures"].data
-    assert str(src / "p0.jpg") in failures and "| p0 |" in failures
+    assert "p0" not in failures and str(src) not in failures  # item numbers and subject keys only
     first = counts(svc)["accepted"]
-    params.update(results_timeout=20.0, report=str(tmp_path / "r2.csv"), show_personal_data=False)
-    again, _, _ = await run(**params)
-    assert (again.done, again.failed, again.resumed) == (3, 0, 0)
+    params.update(polling=FAST["polling"], outputs={**outputs, "report": str(tmp_path / "r2.csv")})
+    again, _, _, state = await run(**params)
+    assert state.is_completed() and (again.done, again.failed, again.resumed) == (3, 0, 0)
     after = counts(svc)["accepted"]
     assert after["upload"] == first["upload"] == 3 and after["compute"] == first["compute"] == 3
 
@@ -421,16 +434,142 @@ async def test_a_run_where_nothing_can_be_analysed_fails_naming_the_error(emu, b
     src = tmp_path / "in"
     for i in range(2):
         write(src / f"p{i}.jpg", face(50 + i))
-    params = {**blocks, "source": str(src), "report": str(tmp_path / "r.csv"), **FAST}
-    params.pop("s3_bucket_block")
+    report = str(tmp_path / "r.csv")
+    params = {**blocks, "source": str(src), "outputs": {"report": report}, **FAST, "s3_bucket_block": ""}
     svc.faults(error_rate=1.0, error_status=500, path_pattern="compute")  # 500s are not retried
     state = await skin_analysis(**params, return_state=True)
     assert state.is_failed()
     message = state.message or ""
-    assert "no image could be analysed (2 failed, 0 rejected)" in message, message
-    assert "2 with: haut compute_v1: HTTP 500" in message, message  # what went wrong, not only that it did
-    assert pd.read_csv(tmp_path / "r.csv")["status"].tolist() == ["failed", "failed"]  # report written first
+    assert message.startswith("no image could be analysed; 2 with: haut compute_v1: HTTP 500"), message
+    assert message.endswith(f"2 images: 2 failed; report {report}"), message
+    assert pd.read_csv(report)["status"].tolist() == ["failed", "failed"]  # report written first
+    with pytest.raises(IncompleteRun) as caught:
+        await state.aresult()
+    assert caught.value.summary.failed == 2
     svc.control("DELETE", "faults")
+
+
+# --- real photographs (scikit-image's bundled samples) under person-like names -------------------------------
+SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
+PEOPLE = ["Jane", "Doe", "Marco", "Rossi", "Li Wei", "John Smith", "Tiny Tim"]
+
+
+def photo(name: str) -> bytes:
+    return (SKIMAGE_DATA / name).read_bytes()
+
+
+def people_folder(root: Path) -> dict[str, bytes]:
+    """Five real photographs named as users name them: after the person, a side suffix or a per-person folder."""
+    files = {
+        "Jane Doe_front.png": photo("astronaut.png"),
+        "Jane Doe_left.png": photo("chelsea.png"),
+        "Marco Rossi.png": photo("coffee.png"),
+        "Li Wei/front.jpg": photo("rocket.jpg"),
+        "Li Wei/right.png": photo("motorcycle_left.png"),
+    }
+    for name, data in files.items():
+        write(root / name, data)
+    return files
+
+
+def assert_no_file_names(text: str, root: Path) -> None:
+    for word in [*PEOPLE, str(root), ".png", ".jpg"]:
+        assert word not in text, f"{word!r} is in a report that did not ask for file names"
+
+
+async def test_real_photos_reports_name_no_file_unless_asked(emu, blocks, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default journal (.pipeline-state/...) goes here
+    src = tmp_path / "study"
+    files = people_folder(src)
+    report = tmp_path / "out" / "default.csv"
+    params = {**blocks, "source": str(src), "outputs": {"report": str(report)}, **FAST, "s3_bucket_block": ""}
+    summary, published, _, state = await run(**params)
+    assert state.is_completed(), state.message
+    assert (summary.images, summary.done, summary.subjects) == (5, 5, 3)
+    for path in (summary.report, summary.metrics_report):
+        assert_no_file_names(Path(path).read_text(), src)
+    wide = pd.read_csv(summary.report)
+    assert "image" not in wide.columns and "subject_name" not in wide.columns
+    assert set(wide["sha256"]) == {hashlib.sha256(d).hexdigest() for d in files.values()}  # to join back
+    assert wide["subject_key"].nunique() == 3
+    assert_private(published, *PEOPLE, str(src))
+
+    params["outputs"] = {"report": str(tmp_path / "out" / "named.parquet")}
+    params["privacy"] = {"include_file_names": True}
+    named, published, _, state = await run(**params)
+    assert state.is_completed() and named.resumed == 5  # the same journal: nothing sent again
+    wide = pd.read_parquet(named.report)
+    tidy = pd.read_parquet(named.metrics_report)
+    assert sorted(wide["image"]) == sorted(files)  # relative to the source folder, never the full path
+    assert set(tidy["image"]) == set(files) and "subject_name" not in wide.columns
+    assert not wide["image"].str.contains(str(tmp_path), regex=False).any()
+    assert_private(published, *PEOPLE, str(src))  # names asked for the reports only
+
+
+async def test_a_non_image_and_a_tiny_image_are_rejected_and_the_run_fails(emu, blocks, tmp_path):
+    src = tmp_path / "study"
+    write(src / "Jane Doe.png", photo("astronaut.png"))
+    write(src / "John Smith.jpg", (SKIMAGE_DATA / "README.txt").read_bytes())  # text under an image name
+    with Image.open(SKIMAGE_DATA / "chelsea.png") as img:
+        buf = io.BytesIO()
+        img.resize((120, 80)).save(buf, "PNG")
+    write(src / "Tiny Tim.png", buf.getvalue())
+    write(src / "Marco Rossi.gif", photo("no_time_for_that_tiny.gif"))  # a real GIF: neither JPEG nor PNG
+    report = str(tmp_path / "r.csv")
+    params = {**blocks, "source": str(src), "outputs": {"report": report}, **FAST, "s3_bucket_block": ""}
+    summary, published, artifacts, state = await run(**params)
+    assert state.is_failed()
+    assert state.message == f"4 images: 1 done, 3 rejected; report {report}"
+    assert (summary.done, summary.rejected, summary.failed) == (1, 3, 0)
+    wide = pd.read_csv(report)
+    assert list(wide["status"]) == ["done", "rejected", "rejected", "rejected"]  # listing order
+    assert "not a recognised image format" in wide["reason"][1]  # John Smith.jpg
+    assert "format GIF (one of JPEG, PNG)" in wide["reason"][2]  # Marco Rossi.gif
+    assert "120×80 px (at least 256×256)" in wide["reason"][3]
+    assert_no_file_names(Path(report).read_text(), src)
+    assert_private(published, *PEOPLE, str(src))
+    assert emu["haut"].received()["accepted"]["create_subject"] == 1  # only the usable photo's subject
+
+
+@pytest.mark.parametrize(
+    "kind", ["empty folder", "folder of non-images", "empty prefix", "header-only manifest"]
+)
+async def test_an_empty_source_fails_and_creates_no_dataset(emu, blocks, tmp_path, kind):
+    if kind == "empty folder":
+        (tmp_path / "in").mkdir()
+        source, expected = str(tmp_path / "in"), "the source folder holds no image"
+    elif kind == "folder of non-images":
+        write(tmp_path / "in" / "notes.txt", b"not a photo")
+        source = str(tmp_path / "in")
+        expected = "the source folder holds no image (1 other file(s) left out)"
+    elif kind == "empty prefix":
+        source, expected = (
+            f"s3://{emu['s3'].credentials['bucket']}/nobody/",
+            "the source prefix holds no image",
+        )
+    else:
+        (tmp_path / "manifest.csv").write_text("subject,image\n")
+        source, expected = str(tmp_path / "manifest.csv"), "the source manifest lists no image"
+    report = str(tmp_path / "r.csv")
+    summary, _, _, state = await run(**blocks, source=source, outputs={"report": report}, **FAST)
+    assert state.is_failed() and state.message.startswith(expected), state.message
+    assert state.message.endswith(f"no images; report {report}")
+    assert summary.images == 0 and summary.dataset_id == ""
+    received = emu["haut"].received()
+    assert "create_dataset" not in received["accepted"] and received["state"]["datasets"] == 0
+    assert pd.read_csv(report).empty  # the (empty) report is still written
+
+
+async def test_an_unreadable_manifest_fails_with_the_problem(emu, blocks, tmp_path):
+    report = str(tmp_path / "r.csv")
+    params = {**blocks, "outputs": {"report": report}, **FAST, "s3_bucket_block": ""}
+    _, _, _, state = await run(source=str(tmp_path / "missing.csv"), **params)
+    assert state.is_failed()
+    assert state.message == f"the source cannot be read: source: no such manifest. no images; report {report}"
+    (tmp_path / "bad.csv").write_text("who,what\nJane Doe,x\n")
+    _, _, _, state = await run(source=str(tmp_path / "bad.csv"), **params)
+    assert state.is_failed() and "a 'subject' column and an 'image' column" in state.message
+    assert "create_dataset" not in emu["haut"].received()["accepted"]
 
 
 KILL_SCRIPT = """
@@ -455,11 +594,8 @@ def test_kill_9_mid_run_then_resume(tmp_path, tmp_path_factory, prefect_harness)
         params = {
             "source": str(src),
             "haut_block": "skin-test-slow",
-            "batch_size": batch_size,
-            "parallel_batches": parallel,
-            "concurrency": 2,
-            "journal": str(journal),
-            "report": str(tmp_path / "killed.csv"),
+            "upload": {"batch_size": batch_size, "parallel_batches": parallel, "concurrency": 2},
+            "outputs": {"journal": str(journal), "report": str(tmp_path / "killed.csv")},
             **FAST,
         }
         env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO)}
@@ -483,7 +619,7 @@ def test_kill_9_mid_run_then_resume(tmp_path, tmp_path_factory, prefect_harness)
         assert killed_at.count('"t":"done"') < len(files), "the kill came too late to test anything"
         svc.control("DELETE", "faults")  # no more latency
 
-        params["report"] = str(tmp_path / "resumed.csv")
+        params["outputs"]["report"] = str(tmp_path / "resumed.csv")
         summary = asyncio.run(skin_analysis(**params))
         assert (summary.done, summary.failed, summary.rejected) == (len(files), 0, 0)  # no image lost
         got = svc.received()

@@ -189,7 +189,7 @@ def test_wide_table_types_and_optional_names():
         {"item": 3, "status": "done", "width": 300, "height": 400, **wide_columns(ROWS_B)},
     ]
     df = wide_table(records)
-    assert list(df.columns[:4]) == ["item", "image", "side", "subject_key"]
+    assert list(df.columns[:3]) == ["item", "side", "subject_key"]  # no file name unless asked for
     assert str(df["width"].dtype) == "Int64" and pd.isna(df["width"][1])
     assert df["pores.pores_score"].dtype == "float64" and df["pores.pores_score"].tolist()[::2] == [
         60.0,
@@ -197,8 +197,8 @@ def test_wide_table_types_and_optional_names():
     ]
     assert df["skintone.skintone_class"].tolist()[0] == "Tan"
     assert "subject_name" not in df.columns
-    named = wide_table([{**records[0], "subject_name": "A"}])
-    assert list(named.columns).index("subject_name") == list(named.columns).index("subject_key") + 1
+    named = wide_table([{**records[0], "subject_name": "A", "image": "a.jpg"}])
+    assert list(named.columns[:5]) == ["item", "image", "side", "subject_key", "subject_name"]
     buf = io.BytesIO()
     df.to_parquet(buf)  # every column has one type
 
@@ -208,6 +208,8 @@ def test_tidy_table_and_metric_summary():
     tidy = tidy_table(entries, {1: ROWS_A, 2: [list(r) for r in ROWS_B]})  # journal rows come back as lists
     assert len(tidy) == 4 and tidy["value"].dtype == "float64"
     assert list(tidy.columns[-6:]) == ["algorithm", "area", "metric", "value", "value_text", "tag"]
+    assert list(tidy.columns[:2]) == ["analysis", "image"] and "subject_name" not in tidy.columns
+    assert "image" not in tidy_table([{"analysis": 1}], {1: ROWS_A}).columns  # not asked for: no column
     assert metric_summary(tidy) == [
         {"algorithm": "pores", "metric": "pores_score", "analyses": 2, "mean": 70.0, "min": 60.0, "max": 80.0}
     ]
