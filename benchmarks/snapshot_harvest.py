@@ -188,12 +188,13 @@ def snapshot_harvest_500() -> dict[str, Any]:
         )
         args = {
             **blocks,
-            "ready_after_seconds": READY_AFTER_S,
-            "poll_interval_seconds": POLL_INTERVAL_S,
-            "image_timeout_seconds": 60.0,
-            "concurrency": CONCURRENCY,
-            "state": f"{tmp}/pacing.json",
-            "report": f"{tmp}/report.csv",
+            "timing": {
+                "ready_after_seconds": READY_AFTER_S,
+                "poll_interval_seconds": POLL_INTERVAL_S,
+                "image_timeout_seconds": 60.0,
+            },
+            "performance": {"concurrency": CONCURRENCY},
+            "outputs": {"state": f"{tmp}/pacing.json", "report": f"{tmp}/report.csv"},
         }
         sampler = _FlowProcessSampler()
         sampler.start()
@@ -204,7 +205,7 @@ def snapshot_harvest_500() -> dict[str, Any]:
             sampler.join()
         served = emu["viziosense"].received()["state"]
         miniviz = emu["miniviz"].received()
-        report = pd.read_csv(args["report"])
+        report = pd.read_csv(args["outputs"]["report"])
         fit_isolated = _isolated_fit_rate(emu, report)
         emu["viziosense"].reset()
         uuids = asyncio.run(_device_uuids(emu))
@@ -219,7 +220,7 @@ def snapshot_harvest_500() -> dict[str, Any]:
     return {
         "cameras": CAMERAS,
         "done": summary["done"],
-        "failed": summary["failed"] + summary["partial"],
+        "failed": summary["failed"],
         "originals_stored": summary["originals_stored"],
         "images_pushed": summary["images_pushed"],
         "data_events_sent": summary["data_events_sent"],

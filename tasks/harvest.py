@@ -27,14 +27,15 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from clients.errors import ApiError, InputError, OutcomeUnknownError, RateLimitedError
+from clients.errors import ApiError, AuthError, InputError, OutcomeUnknownError, RateLimitedError
 from clients.miniviz import MinivizClient
 from clients.viziosense import ImageKind, ImageRequest, Snapshot, VizioSenseClient
 from tasks.fit_pool import FitPool
@@ -60,20 +61,24 @@ from tasks.harvest_labels import (
 )
 from tasks.harvest_pacing import PacingState
 from tasks.harvest_rows import (
+    NOT_DELIVERED,
     REPORT_COLUMNS,
     CameraResult,
     PatternSyntax,
     error_text,
     name_matcher,
     select_cameras,
+    settle_outcome,
     step_error,
 )
 from tasks.reports import Progress
 from tasks.storage import BucketRef, put_bytes
 
 __all__ = [  # this module's own names, then the helpers it re-exports
+    "CredentialsGate",
     "HarvestRun",
     "HarvestSettings",
+    "NotSent",
     "data_payload",
     "harvest_camera_batch",
     "harvest_one",
@@ -96,6 +101,7 @@ __all__ = [  # this module's own names, then the helpers it re-exports
     "metadata_value",
     "name_matcher",
     "select_cameras",
+    "settle_outcome",
     "slugify",
     "snapshot_key",
     "snapshot_metadata",
@@ -117,6 +123,47 @@ class HarvestSettings:
     image_timeout: float = 300.0
     concurrency: int = 16
     fit_workers: int = 2
+
+
+class NotSent(Exception):
+    """A Miniviz call not made because Miniviz refused this run's credentials for that kind of call earlier."""
+
+
+class CredentialsGate:
+    """Detects refused Miniviz credentials once per run and kind of call (image pushes, data events).
+
+    The first call goes alone; the others wait for its answer. If Miniviz refuses it (401/403: a wrong
+    token, or images on a Free project), every later call of that kind raises ``NotSent`` with the same
+    reason instead of collecting one refusal per camera. Any other answer lets the rest through; a refusal
+    later in the run (a token revoked meanwhile) closes the gate from then on.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.error: str | None = None  # Miniviz's answer to the refused call
+        self.refused: str | None = None  # the reason given to the calls not sent
+        self._first_taken = False
+        self._first_answered = asyncio.Event()
+
+    async def call(self, send: Callable[[], Awaitable[Any]]) -> Any:
+        if not self._first_taken:
+            self._first_taken = True
+        else:
+            await self._first_answered.wait()
+        if self.refused is not None:
+            raise NotSent(self.refused)
+        try:
+            return await send()
+        except AuthError as exc:
+            if self.error is None:
+                self.error = error_text(exc)
+                self.refused = (
+                    f"not sent: Miniviz refused this run's {self.what} ({self.error}); check the Miniviz "
+                    "block's token, project and plan"
+                )
+            raise
+        finally:
+            self._first_answered.set()
 
 
 class HarvestRun:
@@ -158,6 +205,8 @@ class HarvestRun:
         # images handed to the pool at once: one queued per worker, so a worker never idles between two
         self.fit = asyncio.Semaphore(2 * max(1, settings.fit_workers))
         self.last_fit_quality: int | None = None  # where the next quality search starts (frames look alike)
+        self.image_gate = CredentialsGate("image pushes")
+        self.data_gate = CredentialsGate("data events")
 
     async def camera_finished(self) -> None:
         """Count a finished camera; update the progress artifact at most once a second (never raises)."""
@@ -197,9 +246,9 @@ async def harvest_one(run: HarvestRun, cam: CameraResult) -> CameraResult:
             snapshots = await _download(run, cam, request)
             if snapshots:
                 await asyncio.gather(_store(run, cam, snapshots), _fit_and_push(run, cam, snapshots))
-            _settle(cam)
+            _settle_originals(cam)
     except Exception as exc:  # a bug in one camera's path must not take the batch down
-        cam.status = "partial" if cam.s3_raw_key or cam.s3_annotated_key else "failed"
+        cam.originals = "failed"
         cam.add_reason(f"unexpected error: {error_text(exc)}")
     finally:
         cam.seconds_total = _seconds(started)
@@ -213,7 +262,7 @@ async def _request(run: HarvestRun, cam: CameraResult) -> ImageRequest | None:
         try:
             request = await run.vizio.request_image(cam.device_uuid, ready_after=run.settings.ready_after)
         except Exception as exc:
-            cam.status = "failed"
+            cam.originals = "failed"
             cam.add_reason(step_error("request_image", exc))
             return None
         finally:
@@ -287,6 +336,9 @@ async def _fit_and_push(run: HarvestRun, cam: CameraResult, snapshots: dict[str,
     if client.plan != "pro":
         cam.image_push, cam.image_push_reason = "skipped", f"the Miniviz {client.plan} plan has no image API"
         return
+    if run.image_gate.refused is not None:  # decided before fitting, as the deferral below
+        cam.image_push, cam.image_push_reason = "failed", run.image_gate.refused
+        return
     wait = client.image_wait_time(label)
     if wait > 0:  # decided before fitting: no CPU spent on an image that may not go out
         cam.image_push, cam.image_push_reason = "deferred", _image_deferral(run, label, wait)
@@ -338,7 +390,12 @@ async def _push_image(
         state.mark(label, "image", time.time())  # before sending: a crash right after still counts it
     t0 = time.monotonic()
     try:
-        ack = await client.send_image(label, data, image_name, timestamp_ms)
+        ack = await run.image_gate.call(lambda: client.send_image(label, data, image_name, timestamp_ms))
+    except NotSent as exc:
+        if state:
+            state.mark(label, "image", previous)
+        cam.image_push, cam.image_push_reason = "failed", str(exc)
+        return
     except RateLimitedError as exc:  # someone else pushed for this label: defer, never retry
         cam.image_push = "deferred"
         cam.image_push_reason = (
@@ -376,25 +433,15 @@ def _image_deferral(run: HarvestRun, label: str, wait: float) -> str:
     )
 
 
-def _settle(cam: CameraResult) -> None:
-    """The camera's status from what landed: both originals stored and no push error -> done."""
-    stored = [k for k in ("raw", "annotated") if getattr(cam, f"s3_{k}_key")]
-    if not stored:
-        cam.status = "failed"
-        return
-    push_failed = cam.image_push in ("failed", "rejected")
-    if len(stored) == 2 and not push_failed:
-        cam.status = "done"
-    else:
-        cam.status = "partial"
-        if push_failed:
-            cam.add_reason(f"Miniviz image push {cam.image_push}: {cam.image_push_reason}")
+def _settle_originals(cam: CameraResult) -> None:
+    """``stored`` when both originals are in S3, else ``failed`` (the reason says which step failed)."""
+    cam.originals = "stored" if cam.s3_raw_key and cam.s3_annotated_key else "failed"
 
 
 # --- batch tasks ---------------------------------------------------------------------------------------
 @task(name="harvest-camera-batch", cache_policy=NO_CACHE)
 async def harvest_camera_batch(run: HarvestRun, cameras: list[CameraResult]) -> list[CameraResult]:
-    """Harvest a batch of cameras (rows with status ``pending``) in one task run; returns the same rows, filled.
+    """Harvest a batch of cameras (rows with outcome ``pending``) in one task run; returns the same rows, filled.
 
     Each camera: request a snapshot, sleep until its documented ready time, download raw and annotated
     (polling with backoff if not served yet, up to the image timeout), store both originals in S3 with their
@@ -403,7 +450,7 @@ async def harvest_camera_batch(run: HarvestRun, cameras: list[CameraResult]) -> 
 
     Example:
         ```python
-        rows = await harvest_camera_batch(run, [row for row in rows if row.status == "pending"][:100])
+        rows = await harvest_camera_batch(run, [row for row in rows if row.outcome == "pending"][:100])
         ```
     """
     logger = get_run_logger()
@@ -414,10 +461,18 @@ async def harvest_camera_batch(run: HarvestRun, cameras: list[CameraResult]) -> 
     for cam in done:
         if cam.image_push == "pending":
             cam.image_push, cam.image_push_reason = "skipped", "no image was harvested"
-        if cam.status in ("failed", "partial"):
-            logger.warning("camera %s (%s): %s: %s", cam.device_uuid, cam.device_name, cam.status, cam.reason)
-    counts = {s: sum(1 for c in done if c.status == s) for s in ("done", "partial", "failed")}
-    logger.info("batch of %d cameras: %s", len(done), ", ".join(f"{n} {s}" for s, n in counts.items()))
+        refused = cam.image_push_reason is not None and cam.image_push_reason == run.image_gate.refused
+        if cam.originals == "failed" or (cam.image_push in NOT_DELIVERED and not refused):  # refusal: once
+            problem = "; ".join(filter(None, [cam.reason, cam.image_push_reason]))
+            logger.warning("camera %s (%s): %s", cam.device_uuid, cam.device_name, problem)
+    if run.image_gate.refused:
+        logger.error(
+            "Miniviz refused this run's image pushes (%s): the others are not sent", run.image_gate.error
+        )
+    stored = sum(1 for c in done if c.originals == "stored")
+    pushed = Counter(c.image_push for c in done)
+    logger.info("batch of %d cameras: originals stored for %d; Miniviz images %s", len(done), stored,
+                ", ".join(f"{n} {s}" for s, n in sorted(pushed.items())))  # fmt: skip
     return list(done)
 
 
@@ -432,7 +487,9 @@ async def send_camera_data_events(
     from the pacing state), paced by the run's client, while the next slot opens within ``budget_seconds``
     of the start of this stage; the rest are ``deferred`` with the reason and go first next run. With the
     limit off (interval 0) they are all sent, concurrently. A 429 (someone else sent) stops the stage: the
-    rest are deferred, never retried. Rejected rows (not devices) get no event.
+    rest are deferred, never retried. If Miniviz refuses the first event's credentials (401/403), the rest
+    fail with the same reason without being sent (``CredentialsGate``). Rejected rows (not devices) get no
+    event.
 
     Example:
         ```python
@@ -442,9 +499,9 @@ async def send_camera_data_events(
     client, state = run.miniviz, run.state
     assert client is not None
     logger = get_run_logger()
-    targets = [c for c in cameras if c.status != "rejected" and c.label_key]
+    targets = [c for c in cameras if c.outcome != "rejected" and c.label_key]
     for cam in cameras:
-        if cam.status == "rejected":
+        if cam.outcome == "rejected":
             cam.data_event = "skipped"
     order = sorted(
         targets, key=lambda c: ((state.last(c.label_key, "data") if state else None) or -math.inf, c.index)
@@ -461,7 +518,12 @@ async def send_camera_data_events(
         if state:
             state.mark(label, "data", time.time())
         try:
-            ack = await client.send_data(label, data_payload(cam), _event_ms(cam))
+            ack = await run.data_gate.call(lambda: client.send_data(label, data_payload(cam), _event_ms(cam)))
+        except NotSent as exc:
+            if state:
+                state.mark(label, "data", previous)
+            cam.data_event, cam.data_event_reason = "failed", str(exc)
+            return
         except RateLimitedError as exc:
             stop = (
                 f"Miniviz answered 429 (a data event was sent for this project elsewhere): {error_text(exc)}"
@@ -493,6 +555,9 @@ async def send_camera_data_events(
         await asyncio.gather(*(bounded(c) for c in order))
     else:
         for cam in order:
+            if run.data_gate.refused is not None:  # a wrong token: failed, not waiting for a slot
+                cam.data_event, cam.data_event_reason = "failed", run.data_gate.refused
+                continue
             if stop is None and time.monotonic() + pacer.wait_time() > deadline:
                 stop = (
                     f"Miniviz allows one data event per project every {pacer.interval:g} s ({client.plan} plan); "
@@ -502,9 +567,9 @@ async def send_camera_data_events(
                 cam.data_event, cam.data_event_reason = "deferred", stop
                 continue
             await send(cam)
-    sent = sum(1 for c in targets if c.data_event == "sent")
-    logger.info("Miniviz data events: %d sent, %d deferred of %d cameras", sent,
-                sum(1 for c in targets if c.data_event == "deferred"), len(targets))  # fmt: skip
+    counts = Counter(c.data_event for c in targets)
+    logger.info("Miniviz data events: %d sent, %d deferred, %d failed of %d cameras", counts["sent"],
+                counts["deferred"], counts["failed"] + counts["rejected"], len(targets))  # fmt: skip
     return cameras
 
 
@@ -516,7 +581,7 @@ def data_payload(cam: CameraResult) -> dict[str, int | float]:
     """
     payload: dict[str, int | float] = {
         "online": 1 if cam.online else 0,
-        "ok": 1 if cam.status in ("done", "partial") else 0,
+        "ok": 1 if cam.s3_raw_key or cam.s3_annotated_key else 0,
         "bytes": cam.bytes_raw or 0,
     }
     if cam.bytes_after_fit is not None:

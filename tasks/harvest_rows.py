@@ -43,11 +43,15 @@ def name_matcher(pattern: str | None, syntax: PatternSyntax = "glob") -> Callabl
 class CameraResult(BaseModel):
     """One camera of a harvest: the report row, filled in as it goes through the stages.
 
-    ``status``: ``done`` (originals stored; the Miniviz image pushed, or deferred per pacing), ``partial``
-    (something stored, something else failed: see ``reason``), ``failed`` (nothing stored), ``skipped``
-    (not asked: offline), ``rejected`` (not a device of this account, or a duplicate in the input).
-    ``image_push`` / ``data_event``: ``sent``, ``deferred`` (pacing: reason says when), ``failed``,
-    ``rejected``, ``skipped`` or ``off``.
+    ``outcome`` (the vocabulary of ``tasks.run_state``), set by ``settle_outcome`` once every delivery is over:
+    ``done`` (both originals stored, the Miniviz image and data event sent or not asked), ``deferred`` (stored,
+    but a Miniviz push waits for its pacing slot: the reason says which and when), ``skipped`` (not asked: listed
+    offline, or a uuid the input repeats), ``rejected`` (not a device this account sees, or excluded by the name
+    filter although listed by uuid: input to fix), ``failed`` (any delivery failed: an original not stored, the
+    image or data event not accepted by Miniviz). ``pending`` only while the run works on it.
+    Per delivery: ``originals`` is ``stored``, ``failed`` or ``skipped``; ``image_push`` / ``data_event`` are
+    ``sent``, ``deferred`` (pacing: reason says when), ``failed``, ``rejected`` (Miniviz refused the input or
+    it cannot be fitted), ``skipped`` or ``off``.
     """
 
     index: int
@@ -58,8 +62,9 @@ class CameraResult(BaseModel):
     city: str | None = None
     country: str | None = None
     online: bool | None = None
-    status: str = "pending"
+    outcome: str = "pending"
     reason: str | None = None
+    originals: str = "skipped"
     s3_bucket: str | None = None
     s3_raw_key: str | None = None
     s3_annotated_key: str | None = None
@@ -107,9 +112,9 @@ def select_cameras(
 ) -> list[CameraResult]:
     """One row per camera to report, in listing order (explicit uuids that were not found come last).
 
-    Rows to harvest have status ``pending``; cameras listed offline are ``skipped`` when ``online_only``;
-    explicit uuids that are not in ``devices`` (unknown, not visible to this account, or outside the group
-    filter) and repeated uuids are ``rejected`` with the reason. Label keys are assigned over every listed
+    Rows to harvest have outcome ``pending``; cameras listed offline are ``skipped`` when ``online_only``, and
+    so are repeats of a uuid already listed (asked once); explicit uuids that are not in ``devices`` (unknown,
+    not visible to this account, or outside the group filter) are ``rejected`` with the reason. Label keys are assigned over every listed
     device, so a camera's key does not depend on which filters were used.
     """
     match = name_matcher(name_pattern, pattern_syntax)
@@ -123,7 +128,7 @@ def select_cameras(
             uuid = str(uuid).strip()
             if uuid in wanted:
                 extra.append(
-                    CameraResult(index=0, device_uuid=uuid, status="rejected",
+                    CameraResult(index=0, device_uuid=uuid, outcome="skipped",
                                  reason=f"duplicate: device_uuids[{position}] repeats device_uuids[{wanted[uuid]}]")
                 )  # fmt: skip
             else:
@@ -147,7 +152,7 @@ def select_cameras(
         for uuid in wanted:
             if uuid not in seen:
                 extra.append(
-                    CameraResult(index=0, device_uuid=uuid, status="rejected",
+                    CameraResult(index=0, device_uuid=uuid, outcome="rejected",
                                  reason="unknown device: not among the devices this account sees (with the group filter)")
                 )  # fmt: skip
     out = rows + extra
@@ -156,7 +161,7 @@ def select_cameras(
     return out
 
 
-def _row(device: Device, labels: dict[str, str], status: str, reason: str | None) -> CameraResult:
+def _row(device: Device, labels: dict[str, str], outcome: str, reason: str | None) -> CameraResult:
     return CameraResult(
         index=0,
         device_uuid=device.uuid,
@@ -166,9 +171,39 @@ def _row(device: Device, labels: dict[str, str], status: str, reason: str | None
         city=device.geo_city,
         country=device.geo_country,
         online=device.online,
-        status=status,
+        outcome=outcome,
         reason=reason,
     )
+
+
+NOT_DELIVERED = ("failed", "rejected")  # values of image_push / data_event that make the camera failed
+
+
+def settle_outcome(cam: CameraResult) -> CameraResult:
+    """The camera's final ``outcome`` from its deliveries, and a reason naming each one not made.
+
+    Any delivery not made (an original not stored, a Miniviz image or data event failed or refused) makes
+    it ``failed``; otherwise a push waiting for its pacing slot makes it ``deferred``; ``skipped`` and
+    ``rejected`` rows (not asked) stay so unless a delivery made for them failed (an offline camera's data
+    event).
+    """
+    if cam.outcome == "rejected":
+        return cam
+    pushes = (("Miniviz image", cam.image_push, cam.image_push_reason),
+              ("Miniviz data event", cam.data_event, cam.data_event_reason))  # fmt: skip
+    failed = [f"{what} {value}: {why}" for what, value, why in pushes if value in NOT_DELIVERED]
+    deferred = [f"{what} deferred: {why}" for what, value, why in pushes if value == "deferred"]
+    if failed or cam.originals == "failed":
+        cam.outcome = "failed"
+        if cam.originals == "failed" and not cam.reason:
+            cam.add_reason("originals not stored in S3")
+        for text in failed:
+            cam.add_reason(text)
+    elif cam.outcome != "skipped":
+        cam.outcome = "deferred" if deferred else "done"
+        for text in deferred:
+            cam.add_reason(text)
+    return cam
 
 
 def error_text(exc: BaseException) -> str:

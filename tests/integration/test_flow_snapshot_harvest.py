@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+from prefect.states import State
 from prefect_aws import S3Bucket
 from pydantic import SecretStr
 
@@ -28,6 +29,7 @@ from emulators.launcher import running_emulators
 from flows.snapshot_harvest import harvest_snapshots
 from tasks import fit_pool
 from tasks.harvest import decode_metadata_value, slugify
+from tasks.run_state import IncompleteRun
 from tests.conftest import TEST_TIME_SCALE
 
 pytestmark = pytest.mark.integration
@@ -95,16 +97,27 @@ def blocks(emu, prefect_harness):
     return {"viziosense_block": "vzs-harvest-test", "s3_bucket_block": "s3-harvest-test"}
 
 
-def run_args(blocks, tmp_path, project: str | None = "harvest-fast", **kw):
-    """Flow arguments: test blocks, scaled waits, and a pacing state + report under tmp_path."""
+def run_args(blocks, tmp_path, project: str = "harvest-fast", report_name: str = "report.csv", **groups):
+    """Flow arguments: test blocks, scaled waits, a pacing state + report under tmp_path, and parameter groups
+    as dicts (as a deployment or the UI passes them); ``project=""``: S3 only."""
+    outputs = {"state": str(tmp_path / "pacing.json"), "report": str(tmp_path / report_name)}
     return {
         **blocks,
-        "miniviz_block": f"mvz-{project}" if project else None,
-        "state": str(tmp_path / "pacing.json"),
-        "report": str(tmp_path / kw.pop("report_name", "report.csv")),
-        **FAST,
-        **kw,
+        "miniviz_block": f"mvz-{project}" if project else "",
+        "timing": FAST,
+        **groups,
+        "outputs": {**outputs, **groups.get("outputs", {})},
     }
+
+
+async def failed_run(args) -> tuple[State, object]:
+    """Run the flow, expect it to end Failed; its state and the summary a caller gets with the error."""
+    state = await harvest_snapshots(**args, return_state=True)
+    assert state.is_failed(), state.message
+    with pytest.raises(IncompleteRun) as raised:
+        await state.result()
+    assert raised.value.summary is not None
+    return state, raised.value.summary
 
 
 async def fleet(emu) -> dict[str, dict]:
@@ -116,7 +129,7 @@ async def fleet(emu) -> dict[str, dict]:
 
 
 def report_of(args) -> pd.DataFrame:
-    return pd.read_csv(args["report"]).set_index("device_uuid")
+    return pd.read_csv(args["outputs"]["report"]).set_index("device_uuid")
 
 
 def empty(column: pd.Series) -> pd.Series:
@@ -143,16 +156,19 @@ async def test_demo_fleet_harvest_stores_originals_pushes_fitted_images_and_repo
     devices = await fleet(emu)
     args = run_args(blocks, tmp_path)
     state = await harvest_snapshots(**args, return_state=True)
+    assert state.is_completed(), state.message  # offline cameras are skipped by design
     summary = await state.result()
-    assert (summary.cameras, summary.done, summary.skipped, summary.failed, summary.partial) == (
+    assert (summary.cameras, summary.done, summary.skipped, summary.failed, summary.deferred) == (
         TOTAL, TOTAL - OFFLINE, OFFLINE, 0, 0)  # fmt: skip
-    assert summary.originals_stored == 2 * (TOTAL - OFFLINE)
+    assert (summary.originals_stored, summary.originals_failed) == (2 * (TOTAL - OFFLINE), 0)
     assert (summary.images_pushed, summary.data_events_sent) == (TOTAL - OFFLINE, TOTAL)  # data limit off
+    assert (summary.images_failed, summary.data_events_failed) == (0, 0)
 
     df = report_of(args)
     assert set(df.index) == set(devices)
-    online = df[df.status == "done"]
-    offline = df[df.status == "skipped"]
+    online = df[df.outcome == "done"]
+    offline = df[df.outcome == "skipped"]
+    assert (online.originals == "stored").all() and (offline.originals == "skipped").all()
     assert {u for u, d in devices.items() if not d["is_online"]} == set(offline.index)
     assert offline.reason.str.startswith("offline").all() and empty(offline.s3_raw_key).all()
 
@@ -215,36 +231,29 @@ async def test_immediate_second_harvest_defers_every_image_push_without_a_429(em
     """The issue's "done when": run 2 knows what run 1 sent (pacing state, here in S3), so it never pushes
     too soon, although it has a new Miniviz client whose pacers start empty."""
     state = "s3://demo-bucket/pacing/harvest-paced.json"
-    first = await harvest_snapshots(
-        **run_args(
-            blocks,
-            tmp_path,
-            "harvest-paced",
-            data_event_budget_seconds=0.4,
-            report_name="r1.csv",
-            state=state,
-        )  # fmt: skip
-    )
+    paced = {"miniviz_push": {"data_event_budget_seconds": 0.4}, "outputs": {"state": state}}
+    first = await harvest_snapshots(**run_args(blocks, tmp_path, "harvest-paced", "r1.csv", **paced))
     assert first.images_pushed == TOTAL - OFFLINE and first.images_deferred == 0 and first.state == state
     saved = json.loads(s3.get_object(Bucket="demo-bucket", Key="pacing/harvest-paced.json")["Body"].read())
     assert sum("image" in times for times in saved["labels"].values()) == TOTAL - OFFLINE
     # Pro data limit (one event per 15 s per project, scaled): some events sent, the rest deferred.
     assert first.data_events_sent >= 1 and first.data_events_deferred >= 1
     assert first.data_events_sent + first.data_events_deferred == TOTAL
+    # Deferred by pacing is by design: the run completed (it returned its summary); those cameras say so.
+    assert first.failed == 0 and first.deferred >= 1 and first.done + first.deferred == TOTAL - OFFLINE
 
-    second_args = run_args(
-        blocks, tmp_path, "harvest-paced", data_event_budget_seconds=0.4, report_name="r2.csv", state=state
-    )
-    second = await harvest_snapshots(**second_args)
-    assert second.done == TOTAL - OFFLINE and second.originals_stored == 2 * (
-        TOTAL - OFFLINE
-    )  # S3 still done
+    second_args = run_args(blocks, tmp_path, "harvest-paced", "r2.csv", **paced)
+    second = await harvest_snapshots(**second_args)  # Completed: every push deferred, S3 still done
+    assert second.deferred == TOTAL - OFFLINE and second.originals_stored == 2 * (TOTAL - OFFLINE)
     assert second.images_pushed == 0 and second.images_deferred == TOTAL - OFFLINE
     df = report_of(second_args)
     deferred = df[df.image_push == "deferred"]
     assert len(deferred) == TOTAL - OFFLINE
     assert deferred.image_push_reason.str.contains("harvested too soon").all()
     assert deferred.image_push_reason.str.contains(f"one image per label every {IMAGE_INTERVAL:g} s").all()
+    assert (deferred.outcome == "deferred").all() and deferred.reason.str.contains(
+        "Miniviz image deferred"
+    ).all()
     assert empty(deferred.bytes_after_fit).all()  # nothing fitted for an image that cannot go out
 
     got = emu["miniviz"].received()
@@ -256,62 +265,124 @@ async def test_immediate_second_harvest_defers_every_image_push_without_a_429(em
     assert not set(r1[r1.data_event == "sent"].label_key) & set(df[df.data_event == "sent"].label_key)
 
 
-# --- failures ------------------------------------------------------------------------------------------
-async def test_a_camera_whose_image_request_fails_is_reported_while_the_rest_succeed(emu, blocks, tmp_path):
+# --- final state: failures ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def wrong_token_block(emu, blocks):
+    MinivizCredentials(
+        project_id="harvest-fast",
+        token=SecretStr("mvz-not-the-token"),
+        base_url=emu["miniviz"].url,
+        data_interval_seconds=0.0,
+        image_interval_seconds=IMAGE_INTERVAL,
+    ).save("mvz-wrong-token", overwrite=True)
+    return "mvz-wrong-token"
+
+
+async def test_a_wrong_miniviz_token_fails_the_run_once_detected_and_s3_still_gets_the_originals(
+    emu, s3, blocks, wrong_token_block, tmp_path
+):
+    args = {**run_args(blocks, tmp_path), "miniviz_block": wrong_token_block}
+    state, summary = await failed_run(args)
+    message = state.message
+    # One refused call per kind of push (the first image, the first data event); the rest were not sent.
+    got = emu["miniviz"].received()
+    assert got["rejected"] == {"POST /api/project/{project_id}/image": 1, "POST /api/project/{project_id}": 1}
+    assert got["rejected_by_status"] == {"403": 2}
+    assert got["accepted"] == {}
+    assert re.match(r"Miniviz refused this run's image pushes: miniviz send_image: HTTP 403", message)
+    assert f"{TOTAL} cameras: {TOTAL} failed; report {args['outputs']['report']}" in message
+    assert "mvz-not-the-token" not in message
+    assert (summary.originals_stored, summary.originals_failed) == (2 * (TOTAL - OFFLINE), 0)
+    assert (summary.images_pushed, summary.images_failed) == (0, TOTAL - OFFLINE)
+    assert (summary.data_events_sent, summary.data_events_failed) == (0, TOTAL)
+
+    df = report_of(args)
+    assert (df.outcome == "failed").all()
+    online = df[df.online]
+    assert (online.originals == "stored").all() and (online.image_push == "failed").all()
+    for key in online.s3_raw_key:  # the originals really are in S3
+        assert s3.head_object(Bucket="demo-bucket", Key=key)["ContentLength"] > 0
+    assert online.image_push_reason.str.contains("Invalid token for this project").all()
+    assert online.image_push_reason.str.startswith("not sent: Miniviz refused").sum() == len(online) - 1
+    assert df.reason.str.contains("Miniviz data event failed").all()
+    arts = await artifacts_of(state.state_details.flow_run_id)
+    failures = arts["snapshot-harvest-failures"].data
+    assert f"{TOTAL} item(s)" in failures and "Invalid token" in failures
+    figures = {r["what"]: r["value"] for r in json.loads(arts["snapshot-harvest-summary"].data)}
+    assert (
+        figures["Miniviz images failed"] == TOTAL - OFFLINE and figures["Miniviz data events failed"] == TOTAL
+    )
+
+
+async def test_a_camera_whose_image_request_fails_fails_the_run_while_the_rest_are_delivered(
+    emu, blocks, tmp_path
+):
     devices = await fleet(emu)
     broken = next(u for u, d in devices.items() if d["is_online"])
     emu["viziosense"].faults(error_rate=1.0, error_status=500, path_pattern=f"/devices/{broken}/image$")
     args = run_args(blocks, tmp_path)
-    summary = await harvest_snapshots(**args)
-    assert (summary.done, summary.failed, summary.skipped) == (TOTAL - OFFLINE - 1, 1, OFFLINE)
+    state, summary = await failed_run(args)
+    message = state.message
+    assert message.startswith(f"{TOTAL} cameras: {TOTAL - OFFLINE - 1} done, {OFFLINE} skipped, 1 failed;")
+    assert (summary.done, summary.failed, summary.skipped, summary.originals_failed) == (
+        TOTAL - OFFLINE - 1, 1, OFFLINE, 2)  # fmt: skip
     row = report_of(args).loc[broken]
-    assert row.status == "failed" and row.reason.startswith("viziosense request_image: HTTP 500")
-    assert pd.isna(row.s3_raw_key) and row.image_push == "skipped"
+    assert row.outcome == "failed" and row.reason.startswith("viziosense request_image: HTTP 500")
+    assert row.originals == "failed" and pd.isna(row.s3_raw_key) and row.image_push == "skipped"
     assert row.data_event == "sent"  # the dashboard still hears about it: ok = 0
     assert emu["miniviz"].received()["accepted"]["image"] == TOTAL - OFFLINE - 1
 
 
-async def test_failed_annotated_downloads_leave_partial_cameras_with_the_raw_pushed(emu, blocks, tmp_path):
+async def test_failed_annotated_downloads_fail_the_cameras_although_the_raw_was_stored_and_pushed(
+    emu, blocks, tmp_path
+):
     devices = await fleet(emu)
     chosen = [u for u, d in devices.items() if d["is_online"]][:2]
     emu["viziosense"].faults(error_rate=1.0, error_status=500, path_pattern="_annotated_image$")
-    args = run_args(blocks, tmp_path, device_uuids=chosen)
-    summary = await harvest_snapshots(**args)
-    assert (summary.cameras, summary.partial, summary.originals_stored, summary.images_pushed) == (2, 2, 2, 2)
+    args = run_args(blocks, tmp_path, cameras={"device_uuids": chosen})
+    state, summary = await failed_run(args)
+    message = state.message
+    assert message.startswith("2 cameras: 2 failed;")
+    assert (summary.failed, summary.originals_stored, summary.originals_failed, summary.images_pushed) == (
+        2, 2, 2, 2)  # fmt: skip
     df = report_of(args)
     assert (~empty(df.s3_raw_key)).all() and empty(df.s3_annotated_key).all()
+    assert (df.originals == "failed").all()
     assert df.reason.str.contains(r"fetch_image\(annotated\).*HTTP 500").all()
 
 
-async def test_the_run_fails_only_when_every_camera_failed(emu, blocks, tmp_path):
+async def test_when_every_camera_fails_the_message_gives_the_first_error(emu, blocks, tmp_path):
     devices = await fleet(emu)
     chosen = [u for u, d in devices.items() if d["is_online"]][:2]
     emu["viziosense"].faults(error_rate=1.0, error_status=500, path_pattern="/image")
-    args = run_args(blocks, tmp_path, device_uuids=chosen)
-    state = await harvest_snapshots(**args, return_state=True)
-    assert state.is_failed()
-    assert "every one of the 2 camera(s)" in state.message
+    args = run_args(blocks, tmp_path, cameras={"device_uuids": chosen})
+    state, _ = await failed_run(args)
+    message = state.message
+    assert message.startswith("no original stored: every one of the 2 camera(s) asked failed; first error: ")
+    assert "HTTP 500" in message and "2 cameras: 2 failed" in message
     df = report_of(args)  # the report is still written
-    assert list(df.status) == ["failed", "failed"]
+    assert list(df.outcome) == ["failed", "failed"]
 
 
-async def test_fit_worker_failures_are_reported_per_camera_and_the_rest_are_pushed(
+async def test_fit_worker_failures_fail_those_cameras_and_the_rest_are_pushed(
     emu, blocks, tmp_path, monkeypatch
 ):
     # Every fit worker dies on its first image (as one killed for memory would). A camera whose image saw two
     # workers die is reported (push failed, originals stored); once the pool has no workers left to restart,
     # images are fitted in threads, so the later cameras are pushed. Nothing is lost, the run goes on.
     monkeypatch.setattr(fit_pool, "WORKER_ARGS", ("-c", "import sys; sys.stdin.buffer.read(8); sys.exit(3)"))
-    args = run_args(blocks, tmp_path, fit_workers=1)
-    summary = await harvest_snapshots(**args)
-    online = report_of(args).query("status != 'skipped'")
+    args = run_args(blocks, tmp_path, performance={"fit_workers": 1})
+    _, summary = await failed_run(args)
+    online = report_of(args).query("outcome != 'skipped'")
     assert len(online) == TOTAL - OFFLINE and summary.originals_stored == 2 * len(online)
     assert set(online.image_push) == {"sent", "failed"}
     failed = online[online.image_push == "failed"]
     assert failed.image_push_reason.str.contains(
         r"WorkerDied: image fitting process ended \(exit code 3\)"
     ).all()
-    assert (failed.status == "partial").all() and (failed.data_event == "sent").all()
+    assert (failed.outcome == "failed").all() and (failed.data_event == "sent").all()
+    assert (online[online.image_push == "sent"].outcome == "done").all()
+    assert summary.images_failed == len(failed)
     assert (
         summary.images_pushed
         == (online.image_push == "sent").sum()
@@ -323,33 +394,57 @@ async def test_fit_worker_failures_are_reported_per_camera_and_the_rest_are_push
 async def test_selection_by_group_name_pattern_and_uuids(emu, blocks, tmp_path):
     devices = await fleet(emu)
     # group + glob (whole name, case-insensitive); S3 only
-    args = run_args(blocks, tmp_path, project=None, groups=["parking"], name_pattern="*CAM 0[1-7]",
-                    report_name="group.csv")  # fmt: skip
+    cameras = {"groups": ["parking"], "name_pattern": "*CAM 0[1-7]"}
+    args = run_args(blocks, tmp_path, project="", report_name="group.csv", cameras=cameras)
     summary = await harvest_snapshots(**args)
     df = report_of(args)
     # the generated fleet puts device i in group i % 3 ("parking" first), offline every 5th
     expected = {u for u, d in devices.items() if re.fullmatch(r".* Cam 0[1-7]", d["name"])
                 and d["client_identifier"].startswith("PARKING-")}  # fmt: skip
     assert set(df.index) == expected and len(expected) >= 2
-    assert summary.images_pushed == 0 and (df.image_push == "off").all()
+    assert summary.images_pushed == 0 and (df.image_push == "off").all() and summary.state is None
 
-    # regex + explicit uuids: an unknown uuid and a filtered-out one are reported, not errors
+    # regex + explicit uuids: an unknown uuid is rejected (the run fails), the camera filtered out by name too
     online = sorted(
         u for u, d in devices.items() if d["is_online"] and d["name"].startswith(("Paris", "Lyon"))
     )
     offline = next(u for u, d in devices.items() if not d["is_online"])
     lobby = next(u for u, d in devices.items() if d["name"] == "HQ Lobby Camera")
-    args = run_args(blocks, tmp_path, project=None, name_pattern=r"^(paris|lyon|hq) ", name_pattern_syntax="regex",
-                    device_uuids=[*online[:2], offline, "no-such-camera", lobby], online_only=True,
-                    report_name="uuids.csv")  # fmt: skip
-    summary = await harvest_snapshots(**args)
+    cameras = {"name_pattern": r"^(paris|lyon|hq) ", "name_pattern_syntax": "regex",
+               "device_uuids": [*online[:2], offline, "no-such-camera", lobby, lobby]}  # fmt: skip
+    args = run_args(blocks, tmp_path, project="", report_name="uuids.csv", cameras=cameras)
+    state, summary = await failed_run(args)
+    message = state.message
+    assert "1 rejected" in message or "2 rejected" in message
     df = report_of(args)
-    assert (
-        df.loc["no-such-camera"].status == "rejected" and "unknown device" in df.loc["no-such-camera"].reason
-    )
-    assert df.loc[offline].status in ("skipped", "rejected")  # skipped if its name matches, else rejected
-    assert df.loc[lobby].status == "done" and all(df.loc[u].status == "done" for u in online[:2])
+    unknown = df.loc["no-such-camera"]
+    assert unknown.outcome == "rejected" and "unknown device" in unknown.reason
+    assert df.loc[offline].outcome in ("skipped", "rejected")  # skipped if its name matches, else rejected
+    assert all(df.loc[u].outcome == "done" for u in online[:2])
+    lobby_rows = df.loc[[lobby]]
+    assert sorted(lobby_rows.outcome) == ["done", "skipped"]  # listed twice: asked once
     assert summary.failed == 0
+
+
+async def test_a_filter_that_matches_no_camera_fails_the_run_and_says_so(emu, blocks, tmp_path):
+    args = run_args(blocks, tmp_path, cameras={"groups": ["parking"], "name_pattern": "*no such camera*"})
+    state, summary = await failed_run(args)
+    message = state.message
+    assert message.startswith("no camera matched groups=['parking'], name_pattern='*no such camera*' (")
+    assert summary.cameras == 0 and report_of(args).empty  # the report is written, with its columns
+    assert not [route for route in emu["viziosense"].received()["requests"] if "image" in route]
+
+
+async def test_cameras_all_offline_complete_as_skipped(emu, blocks, tmp_path):
+    devices = await fleet(emu)
+    offline = [u for u, d in devices.items() if not d["is_online"]]
+    args = run_args(blocks, tmp_path, cameras={"device_uuids": offline})
+    state = await harvest_snapshots(**args, return_state=True)
+    assert state.is_completed(), state.message
+    summary = await state.result()
+    assert (summary.cameras, summary.skipped, summary.originals_stored) == (OFFLINE, OFFLINE, 0)
+    df = report_of(args)
+    assert (df.outcome == "skipped").all() and (df.data_event == "sent").all()  # online = 0 on the dashboard
 
 
 async def test_unicode_camera_name_gets_encoded_metadata_and_an_ascii_label(emu, s3, blocks, tmp_path):
@@ -360,7 +455,7 @@ async def test_unicode_camera_name_gets_encoded_metadata_and_an_ascii_label(emu,
     creds = VizioSenseCredentials(base_url=v.url, api_key=SecretStr(v.credentials["api_key"]))
     async with creds.get_client() as client:
         await client.update_device(uuid, {"name": name, "geo_city": city})
-    args = run_args(blocks, tmp_path, device_uuids=[uuid])
+    args = run_args(blocks, tmp_path, cameras={"device_uuids": [uuid]})
     summary = await harvest_snapshots(**args)
     assert summary.done == 1 and summary.images_pushed == 1
     row = report_of(args).loc[uuid]

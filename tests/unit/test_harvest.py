@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.header
 import json
 import time
@@ -10,12 +11,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from clients.errors import InputError
+from clients.errors import AuthError, InputError
 from clients.miniviz import LABEL_KEY_RE, MAX_LABEL_KEY, MinivizClient
 from clients.viziosense import Device
 from tasks.harvest import (
     DEFAULT_KEY_LAYOUT,
     CameraResult,
+    CredentialsGate,
+    NotSent,
     PacingState,
     assign_label_keys,
     check_key_layout,
@@ -26,6 +29,7 @@ from tasks.harvest import (
     metadata_value,
     name_matcher,
     select_cameras,
+    settle_outcome,
     slugify,
     snapshot_key,
     snapshot_metadata,
@@ -177,19 +181,19 @@ def test_glob_and_regex_name_patterns():
 
 def test_select_online_by_default_and_report_offline():
     rows = select_cameras(FLEET)
-    assert [(r.device_uuid, r.status) for r in rows] == [
+    assert [(r.device_uuid, r.outcome) for r in rows] == [
         ("u-1", "pending"), ("u-2", "skipped"), ("u-3", "pending"), ("u-4", "pending")]  # fmt: skip
     assert "offline" in rows[1].reason and "2025-01-01" in rows[1].reason
-    assert [r.status for r in select_cameras(FLEET, online_only=False)] == ["pending"] * 4
+    assert [r.outcome for r in select_cameras(FLEET, online_only=False)] == ["pending"] * 4
 
 
 def test_select_by_pattern_and_uuids_reports_unknown_and_duplicates():
     rows = select_cameras(FLEET, name_pattern="*parking*", device_uuids=["u-3", "u-4", "nope", "u-3"])
-    by = {(r.device_uuid, r.status): r.reason for r in rows}
+    by = {(r.device_uuid, r.outcome): r.reason for r in rows}
     assert ("u-3", "pending") in by
     assert "does not match" in by[("u-4", "rejected")]
     assert "unknown device" in by[("nope", "rejected")]
-    assert "duplicate" in by[("u-3", "rejected")]
+    assert "duplicate" in by[("u-3", "skipped")]  # asked once: the repeat is skipped by design
     assert [r.index for r in rows] == list(range(len(rows)))
 
 
@@ -200,7 +204,7 @@ def test_label_keys_do_not_depend_on_the_filters():
 
 
 def test_data_payload_is_small_and_numeric():
-    cam = CameraResult(index=0, device_uuid="u", online=True, status="done", bytes_raw=280_000,
+    cam = CameraResult(index=0, device_uuid="u", online=True, s3_raw_key="k", bytes_raw=280_000,
                        bytes_after_fit=200_000, seconds_until_ready=20.4)  # fmt: skip
     payload = data_payload(cam)
     assert payload == {
@@ -210,8 +214,75 @@ def test_data_payload_is_small_and_numeric():
         "bytes_fitted": 200_000,
         "seconds_until_ready": 20.4,
     }
-    assert data_payload(CameraResult(index=0, device_uuid="u", online=False, status="skipped")) == {
+    assert data_payload(CameraResult(index=0, device_uuid="u", online=False, outcome="skipped")) == {
         "online": 0, "ok": 0, "bytes": 0}  # fmt: skip
+
+
+# --- outcomes ------------------------------------------------------------------------------------------
+STORED = {"originals": "stored", "s3_raw_key": "r", "s3_annotated_key": "a"}
+
+
+@pytest.mark.parametrize(
+    ("row", "outcome", "reason_has"),
+    [
+        ({**STORED, "image_push": "sent", "data_event": "sent"}, "done", None),
+        ({**STORED, "image_push": "off", "data_event": "off"}, "done", None),  # S3 only
+        ({**STORED, "image_push": "sent", "data_event": "deferred", "data_event_reason": "budget used"},
+         "deferred", "Miniviz data event deferred: budget used"),
+        # stored in S3 but refused by Miniviz: a partial delivery is not done
+        ({**STORED, "image_push": "failed", "image_push_reason": "HTTP 403", "data_event": "sent"},
+         "failed", "Miniviz image failed: HTTP 403"),
+        ({**STORED, "image_push": "rejected", "image_push_reason": "cannot fit"}, "failed", "cannot fit"),
+        ({**STORED, "image_push": "sent", "data_event": "failed", "data_event_reason": "HTTP 400"},
+         "failed", "data event failed"),
+        ({"originals": "failed", "s3_raw_key": "r", "reason": "fetch_image(annotated): HTTP 500",
+          "image_push": "sent"}, "failed", "fetch_image(annotated)"),
+        ({"outcome": "skipped", "reason": "offline", "data_event": "sent"}, "skipped", "offline"),
+        ({"outcome": "skipped", "reason": "offline", "data_event": "failed", "data_event_reason": "HTTP 403"},
+         "failed", "HTTP 403"),
+        ({"outcome": "rejected", "reason": "unknown device"}, "rejected", "unknown device"),
+    ],
+)  # fmt: skip
+def test_camera_outcome_from_its_deliveries(row, outcome, reason_has):
+    cam = settle_outcome(CameraResult(index=0, device_uuid="u", **row))
+    assert cam.outcome == outcome
+    assert (cam.reason is None) if reason_has is None else (reason_has in cam.reason)
+
+
+def refusal() -> AuthError:
+    return AuthError("miniviz", "send_image", "HTTP 403: Invalid token for this project", status=403)
+
+
+async def test_credentials_gate_sends_one_call_when_miniviz_refuses_the_token():
+    gate, calls = CredentialsGate("image pushes"), []
+
+    async def send(i: int) -> str:
+        calls.append(i)
+        await asyncio.sleep(0)
+        raise refusal()
+
+    results = await asyncio.gather(
+        *(gate.call(lambda i=i: send(i)) for i in range(5)), return_exceptions=True
+    )
+    assert calls == [0]  # the others waited for the first answer, then were not sent
+    assert isinstance(results[0], AuthError)
+    assert all(isinstance(r, NotSent) for r in results[1:])
+    assert "Invalid token" in gate.error and str(results[1]) == gate.refused
+    assert gate.refused.startswith("not sent: Miniviz refused this run's image pushes")
+
+
+async def test_credentials_gate_lets_everything_through_after_another_answer():
+    gate = CredentialsGate("data events")
+
+    async def send(i: int) -> int:
+        if i == 0:
+            raise InputError("payload", "too big")  # not about the credentials
+        return i
+
+    results = await asyncio.gather(
+        *(gate.call(lambda i=i: send(i)) for i in range(3)), return_exceptions=True
+    )
+    assert isinstance(results[0], InputError) and results[1:] == [1, 2] and gate.refused is None
 
 
 # --- pacing state --------------------------------------------------------------------------------------
