@@ -185,7 +185,7 @@ class OutputOptions(BaseModel):
     """Where the report and the journal go (local paths or s3:// URIs)."""
 
     report: str = Field(
-        "", description="Report, .csv or .parquet. Empty: reports/micrio-migration-<UTC time>.csv."
+        "", description="Report, .csv or .parquet. Empty: reports/micrio-migration-{UTC time}.csv."
     )
     journal: str = Field(
         "",

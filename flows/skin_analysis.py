@@ -190,7 +190,7 @@ class OutputOptions(BaseModel):
 
     report: str = Field(
         "",
-        description="Per-image report, .csv or .parquet. Empty: reports/skin-analysis-<UTC time>.csv.",
+        description="Per-image report, .csv or .parquet. Empty: reports/skin-analysis-{UTC time}.csv.",
     )
     metrics_report: str = Field(
         "", description="Tidy metrics table. Empty: the report's name with -metrics added."

@@ -236,13 +236,13 @@ class Outputs(BaseModel):
     report: str = Field(
         "",
         description="Report file (.csv or .parquet; local path or s3://bucket/key). Empty: "
-        "reports/snapshot-harvest-<UTC time>.csv.",
+        "reports/snapshot-harvest-{UTC time}.csv.",
     )
     state: str = Field(
         "",
         description="Miniviz pacing state: a local JSON file or s3://bucket/key.json (through the S3 Bucket "
         "block's credentials). Runs that share a Miniviz project must share it. Empty: "
-        ".pipeline-state/snapshot-harvest/miniviz-<project>.json.",
+        ".pipeline-state/snapshot-harvest/miniviz-{project}.json.",
     )
     link_expiry_seconds: int = Field(
         86_400,

@@ -138,11 +138,11 @@ class PacingOptions(BaseModel):
         description="Events in flight at once when there is no rate limit, 1 to 256 (paced runs send one at "
         "a time); also the most events a crash can make a re-run send twice.",
     )
-    parallel_connections: int | None = Field(
-        None,
-        ge=1,
+    parallel_connections: int = Field(
+        0,
+        ge=0,
         le=32,
-        description="HTTP clients to spread concurrent requests over. Empty: one per 4 in flight.",
+        description="HTTP clients to spread concurrent requests over, up to 32. 0: one per 4 in flight.",
     )
     batch_size: int = Field(1000, ge=1, le=100_000, description="Events per send task run.")
     chunk_rows: int = Field(
@@ -166,7 +166,7 @@ class OutputOptions(BaseModel):
     )
     report: str = Field(
         "",
-        description="Report per file and label, .csv or .parquet. Empty: reports/miniviz-backfill-<UTC time>.csv.",
+        description="Report per file and label, .csv or .parquet. Empty: reports/miniviz-backfill-{UTC time}.csv.",
     )
     dead_letter: str = Field(
         "",

@@ -59,7 +59,8 @@ def warm_up() -> None:
 
 
 def _child(target: str, params: dict[str, Any], api_url: str, log_path: str, result_path: str) -> None:
-    """Child process body: run the flow, write its summary as JSON. Exceptions exit with code 1."""
+    """Child process body: run the flow, write its summary as JSON with the final state (``run_state``,
+    ``run_message``). Other exceptions exit with code 1."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -67,9 +68,15 @@ def _child(target: str, params: dict[str, Any], api_url: str, log_path: str, res
 
     module, name = target.split(":")
     flow = getattr(importlib.import_module(module), name)
+    from tasks.run_state import IncompleteRun
+
     with temporary_settings(updates={PREFECT_API_URL: api_url}):
-        summary = asyncio.run(flow(**params))
-    Path(result_path).write_text(summary.model_dump_json())
+        try:
+            summary, state, message = asyncio.run(flow(**params)), "COMPLETED", ""
+        except IncompleteRun as exc:  # a truthful Failed run still wrote its report: keep its summary
+            summary, state, message = exc.summary, "FAILED", str(exc)
+    result = {**summary.model_dump(mode="json"), "run_state": state, "run_message": message}
+    Path(result_path).write_text(json.dumps(result))
 
 
 class FlowProcess:

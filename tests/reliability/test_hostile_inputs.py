@@ -154,7 +154,8 @@ class Runs:
         return done
 
     def flow(self, flow: str, params: dict[str, Any]) -> tuple[dict | None, str]:
-        """Run a flow in a forked child: (its summary, or None if the run failed; its log tail)."""
+        """Run a flow in a forked child: (its summary with its final state, or None if the run raised an
+        exception other than the final-state rule's; its log tail)."""
         self._count += 1
         run = FlowProcess(flow, params, self.workdir, self._count)
         try:
@@ -165,6 +166,11 @@ class Runs:
             f"{flow} hung on hostile input (killed after {HANG_GUARD} s):\n{run.log_tail()}"
         )
         return (run.summary() if code == 0 else None), run.log_tail(6000)
+
+
+def final(summary: dict) -> Outcome:
+    """The run's final state: "done" when Completed, else "failed" with the Failed state's message."""
+    return Outcome("failed", summary["run_message"]) if summary["run_state"] == "FAILED" else Outcome("done")
 
 
 def run_failed(log: str, items: list[str]) -> dict[str, Outcome]:
@@ -271,27 +277,30 @@ def run_backfill(runs: Runs, folder: Path) -> dict[str, Outcome]:
     files = sorted(p.name for p in src.iterdir())
     summary, log = runs.flow(
         "backfill",
-        {"source": str(src), "miniviz_block": "hostile-miniviz", "journal": str(folder / "journal.jsonl"),
-         "report": str(folder / "report.csv")},
+        {"source": str(src), "miniviz_block": "hostile-miniviz",
+         "outputs": {"journal": str(folder / "journal.jsonl"), "report": str(folder / "report.csv")}},
     )  # fmt: skip
     items = [item for item, *_ in BACKFILL_ROWS] + files
     if summary is None:
         return run_failed(log, items)
+    # rows and files to fix make the run Failed: its report and dead letters are written first
+    run = final(summary)
     miniviz = runs.emu["miniviz"]
     events = miniviz.control("GET", "events", params={"project_id": "hostile", "limit": 100_000})["events"]
     for e in events:
         e["payload"] = json.loads(e["payload"]) if isinstance(e["payload"], str) else e["payload"]
     report = pd.read_csv(summary["report"], keep_default_na=False)
     dead = pd.read_csv(summary["dead_letter"], keep_default_na=False)
-    out: dict[str, Outcome] = {"(run)": Outcome("done")}
+    out: dict[str, Outcome] = {"(run)": run}
 
     def rejected(file: str, row: int) -> Outcome | None:
+        """The dead-letter row: rejected, or skipped by design (an exact duplicate, no metric value)."""
         hit = dead[(dead.source == str(src / file)) & (dead.row == row)]
-        return Outcome("rejected", " ".join(hit.iloc[0][["reason", "detail"]])) if len(hit) else None
+        return Outcome(hit.iloc[0].status, " ".join(hit.iloc[0][["reason", "detail"]])) if len(hit) else None
 
     rows_file = str(src / "rows.csv")
     for n, (item, *_) in enumerate(BACKFILL_ROWS):
-        ms = _row_ms(n, item)
+        ms = SENT_AT.get(item, _row_ms(n, item))
         from_rows = [e for e in events if e["timestamp"] == ms]
         if item == "baseline":  # "duplicate_row" is the same event: the first one found is the baseline's
             from_rows = from_rows[:1]
@@ -311,6 +320,7 @@ def run_backfill(runs: Runs, folder: Path) -> dict[str, Outcome]:
             events, lambda e, n=n: e["label_key"] == "nested" and e["timestamp"] == T0 + n
         )
     out["bool_timestamp.parquet:row"] = rejected("bool_timestamp.parquet", 0) or Outcome("missing")
+    out["malformed.csv:line 3"] = rejected("malformed.csv", 1) or Outcome("missing")  # row = line - 2
     out["wrong_types.csv:number"] = _sent(
         events, lambda e: e["label_key"] == "wrong_types" and e["timestamp"] == T0
     )
@@ -326,21 +336,25 @@ def run_backfill_empty(runs: Runs, folder: Path) -> dict[str, Outcome]:
     summary, log = runs.flow(
         "backfill",
         {"source": str(folder / "in"), "miniviz_block": "hostile-miniviz",
-         "journal": str(folder / "journal.jsonl"), "report": str(folder / "report.csv")},
+         "outputs": {"journal": str(folder / "journal.jsonl"), "report": str(folder / "report.csv")}},
     )  # fmt: skip
     if summary is None:
-        return {"(run)": Outcome("failed", log)}
-    return {"(run)": Outcome("done", json.dumps(summary))}
+        return {"(run)": Outcome("run failed", log)}
+    return {"(run)": final(summary)}
 
 
 ROW_REASON = {
     "timestamp_text": "timestamp_invalid", "timestamp_empty": "timestamp_missing", "timestamp_inf": "timestamp_invalid",
-    "timestamp_year_9999": "timestamp_out_of_range", "timestamp_negative": "timestamp_out_of_range",
-    "value_empty": "no_metrics", "value_inf": "value_not_finite", "value_minus_inf": "value_not_finite",
+    "value_inf": "value_not_finite", "value_minus_inf": "value_not_finite",
     "huge_string": "value_too_big", "label_blank": "label_missing",
 }  # fmt: skip
+# Rows whose timestamp is given and valid: where Miniviz holds them (any integer of ms, before 1970 negative).
+SENT_AT = {"timestamp_year_9999": 253_402_214_400_000, "timestamp_negative": -5000}  # "-5": epoch seconds
 BACKFILL_CASES = [
+    Case("backfill", "(run)", "failed", "rejected; report"),
     *(Case("backfill", item, "rejected", reason) for item, reason in ROW_REASON.items()),
+    *(Case("backfill", item, "sent", "payload=") for item in SENT_AT),
+    Case("backfill", "value_empty", "skipped", "no_metrics"),
     Case("backfill", "baseline", "sent", 'payload={"value": 1.5, "note": "fine"}'),
     Case("backfill", "value_nan_keeps_text", "sent", 'payload={"note": "only text"}'),
     Case("backfill", "control_chars_in_text", "sent", r'"note": "a\u0000b\u001bc\u202e"'),
@@ -348,8 +362,9 @@ BACKFILL_CASES = [
     *(Case("backfill", item, "sent", "label=") for item in (
         "label_cjk", "label_escape", "label_nul", "label_newline", "label_bidi", "label_zero_width", "label_huge")),
     Case("backfill", "label_path_traversal", "sent", "label=../../etc/passwd "),  # allowed characters
-    Case("backfill", "duplicate_row", "rejected", "duplicate"),
-    Case("backfill", "malformed.csv", "failed", "Expected 3 fields in line 3, saw 5"),
+    Case("backfill", "duplicate_row", "skipped", "duplicate"),
+    Case("backfill", "malformed.csv", "done+rejected"),  # its good row sent, the ragged line rejected
+    Case("backfill", "malformed.csv:line 3", "rejected", "bad_line the CSV line has more fields than the header (ragged row): line 3: expected 3 fields, saw 5"),
     Case("backfill", "unterminated.csv", "failed", "EOF inside string"),
     Case("backfill", "empty.csv", "failed", "No columns to parse from file"),
     Case("backfill", "binary.csv", "failed", "cannot be read as CSV"),
@@ -408,11 +423,11 @@ def run_skin_folder(runs: Runs, folder: Path) -> dict[str, Outcome]:
     for n, (case, name) in enumerate(SKIN_NAMED.items()):
         (src / f"{name}.jpg").write_bytes(corpus.selfie(100 + n))
         names[f"{name}.jpg"] = f"name:{case}"
-    summary, log = runs.flow("skin", _skin_params(str(src), folder, "report.csv"))
-    if summary is None:
+    path, run, log = run_skin(runs, _skin_params(str(src), folder, "report.csv"))
+    if path is None:
         return run_failed(log, list(names.values()))
-    report = pd.read_csv(summary["report"], keep_default_na=False)  # CSV on purpose: names hold \r and \n
-    out = {"(run)": Outcome("done" if len(report) == len(names) else f"report has {len(report)} rows")}
+    report = pd.read_csv(path, keep_default_na=False)  # CSV on purpose: names hold \r and \n
+    out = {"(run)": run if len(report) == len(names) else Outcome(f"report has {len(report)} rows")}
     for row in report.to_dict("records"):
         item = names.get(Path(row["image"]).name, f"unexpected {row['image']!r}")
         out[item] = Outcome(row["status"], row["reason"])
@@ -422,9 +437,21 @@ def run_skin_folder(runs: Runs, folder: Path) -> dict[str, Outcome]:
 def _skin_params(source: str, folder: Path, report: str) -> dict[str, Any]:
     return {
         "source": source, "haut_block": "hostile-haut", "s3_bucket_block": "hostile-s3",
-        "dataset_name": "hostile", "subject_names_in_report": True, "journal": str(folder / "journal.jsonl"),
-        "report": str(folder / report), "poll_initial_delay": 0.05, "poll_max_delay": 0.2, "results_timeout": 30.0,
+        "analysis": {"dataset_name": "hostile"},
+        "privacy": {"include_file_names": True, "include_subject_names": True},  # to match rows with files
+        "outputs": {"journal": str(folder / "journal.jsonl"), "report": str(folder / report)},
+        "polling": {"initial_delay": 0.05, "max_delay": 0.2, "results_timeout": 30.0},
     }  # fmt: skip
+
+
+def run_skin(runs: Runs, params: dict[str, Any]) -> tuple[Path | None, Outcome, str]:
+    """Run the skin flow: (its report, or None if it crashed before writing one; the run's outcome, "done" when
+    Completed, else "failed" with the Failed state's message; its log tail)."""
+    summary, log = runs.flow("skin", params)
+    report = Path(params["outputs"]["report"])
+    if summary is None or not report.exists():
+        return None, Outcome("run failed", log[-300:]), log
+    return report, final(summary), log
 
 
 # manifest rows: item -> (subject, image path relative to the manifest)
@@ -452,8 +479,10 @@ SKIN_CASES = [
     *(Case("skin-folder", item, status, reason) for item, (_, status, reason) in SKIN_FILES.items()),
     *(Case("skin-folder", f"name:{case}", "done") for case in SKIN_NAMED if case != "blank"),
     Case("skin-folder", "name:blank", "rejected", "the subject is empty"),
-    Case("skin-folder", "(run)", "done"),  # one report row per file, although names hold \r and \n
+    # one report row per file, although names hold \r and \n; rejected files make the run Failed
+    Case("skin-folder", "(run)", "failed", "rejected; report"),
     *SKIN_SUBJECT_CASES,
+    Case("skin-manifest", "(run)", "failed", "rejected; report"),
     Case("skin-manifest", "subject:nul", "rejected", "contains a null character"),
     Case("skin-manifest", "subject:long", "rejected", "is 5000 characters long (at most 512)"),
     Case("skin-manifest", "subject:blank", "rejected", "the subject is empty"),
@@ -465,7 +494,7 @@ SKIN_CASES = [
     Case("skin-s3-manifest", "s3_image", "done"),
     Case("skin-s3-manifest", "s3_relative_traversal", "rejected", "'..' segment (no path traversal)"),
     Case("skin-s3-manifest", "local_image_path", "rejected", "a manifest read from S3 names a local path"),
-    Case("skin-empty", "(run)", "done", '"images": 0'),
+    Case("skin-empty", "(run)", "failed", "the source folder holds no image. no images; report"),
 ]
 
 
@@ -475,11 +504,11 @@ def run_skin_manifest(runs: Runs, folder: Path) -> dict[str, Outcome]:
     for n in range(len(corpus.HOSTILE_NAMES)):
         (folder / "photos" / f"{n}.jpg").write_bytes(corpus.selfie(200 + n))
     _write_csv(folder / "manifest.csv", ["subject", "image"], [list(v) for v in rows.values()])
-    summary, log = runs.flow("skin", _skin_params(str(folder / "manifest.csv"), folder, "report.parquet"))
-    if summary is None:
+    path, run, log = run_skin(runs, _skin_params(str(folder / "manifest.csv"), folder, "report.parquet"))
+    if path is None:
         return run_failed(log, list(rows))
-    report = pd.read_parquet(summary["report"]).sort_values("item")
-    out = {"(run)": Outcome("done")}
+    report = pd.read_parquet(path).sort_values("item")
+    out = {"(run)": run}
     for item, row in zip(rows, report.to_dict("records"), strict=True):  # one image per manifest row
         out[item] = Outcome(row["status"], row["reason"])
     return out
@@ -497,10 +526,10 @@ def run_skin_s3_manifest(runs: Runs, folder: Path) -> dict[str, Outcome]:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\r\n").writerows([["subject", "image"], *map(list, rows.values())])
     runs.s3.put_object(Bucket=BUCKET, Key="skin-s3/manifest.csv", Body=buf.getvalue().encode())
-    summary, log = runs.flow("skin", _skin_params(f"s3://{BUCKET}/skin-s3/manifest.csv", folder, "r.parquet"))
-    if summary is None:
+    path, _, log = run_skin(runs, _skin_params(f"s3://{BUCKET}/skin-s3/manifest.csv", folder, "r.parquet"))
+    if path is None:
         return run_failed(log, list(rows))
-    report = pd.read_parquet(summary["report"]).sort_values("item")
+    report = pd.read_parquet(path).sort_values("item")
     return {
         item: Outcome(r["status"], r["reason"] or "")
         for item, r in zip(rows, report.to_dict("records"), strict=True)
@@ -509,11 +538,8 @@ def run_skin_s3_manifest(runs: Runs, folder: Path) -> dict[str, Outcome]:
 
 def run_skin_empty(runs: Runs, folder: Path) -> dict[str, Outcome]:
     (folder / "in").mkdir()
-    summary, log = runs.flow("skin", _skin_params(str(folder / "in"), folder, "report.csv"))
-    if summary is None:
-        return {"(run)": Outcome("failed", log)}
-    written = Path(summary["report"]).exists()
-    return {"(run)": Outcome("done" if written else "no report", json.dumps(summary))}
+    _, run, _ = run_skin(runs, _skin_params(str(folder / "in"), folder, "report.csv"))
+    return {"(run)": run}
 
 
 # --- Micrio migration -----------------------------------------------------------------------------------------
@@ -527,9 +553,10 @@ MICRIO_KEYS: dict[str, tuple[str, Callable[[], bytes], str, str]] = {
     "query_fragment": ("query?x=1#fragment.jpg", lambda: corpus.selfie(5), "done", "ready"),
     "double_slash": ("double//slash.jpg", lambda: corpus.selfie(6), "done", "ready"),
     "long_key": ("long-" + "k" * 900 + ".jpg", lambda: corpus.selfie(7), "done", "ready"),
-    "not_image": ("not_image.jpg", lambda: b"not an image at all", "failed", "invalidImage (final)"),
-    "empty_file": ("empty.jpg", lambda: b"", "failed", "invalidImage (final)"),
-    "text_file": ("readme.txt", lambda: b"notes", "rejected", "not an image file extension"),
+    # checked by content before sending: a .jpg that is not an image is the user's to fix; other files are left out
+    "not_image": ("not_image.jpg", lambda: b"not an image at all", "rejected", "not an image"),
+    "empty_file": ("empty.jpg", lambda: b"", "rejected", "not an image: empty (0 bytes)"),
+    "text_file": ("readme.txt", lambda: b"notes", "skipped", "left out of the prefix"),
     # Micrio exists for gigapixel images: what is too big for a selfie service is its normal input
     "huge_20000x20000": ("huge.png", corpus.huge_png, "done", "ready 20000x20000"),
     "bomb_40000x40000": ("bomb.png", corpus.decompression_bomb_png, "done", "ready 40000x40000"),
@@ -544,14 +571,15 @@ MICRIO_UNSAFE_KEYS = {  # keys S3 stores but our key checks refuse
 def _micrio_params(source: str, folder: Path, report: str) -> dict[str, Any]:
     return {
         "source": source, "micrio_block": "hostile-micrio", "s3_bucket_block": "hostile-s3",
-        "folder_id": "dmRoot", "journal": str(folder / "journal.jsonl"), "report": str(folder / report),
-        "poll_initial_seconds": 0.05, "poll_max_seconds": 0.2,
+        "target": {"folder_id": "dmRoot"},
+        "outputs": {"journal": str(folder / "journal.jsonl"), "report": str(folder / report)},
+        "polling": {"initial_seconds": 0.05, "max_seconds": 0.2},
     }  # fmt: skip
 
 
 def _micrio_outcomes(summary: dict, by_source: dict[str, str] | None = None) -> dict[str, Outcome]:
     report = pd.read_parquet(summary["report"])
-    out = {"(run)": Outcome("done")}
+    out = {"(run)": final(summary)}
     for row in report.to_dict("records"):
         item = (by_source or {}).get(row["source"]) or str(row["row"])
         size = f" {row['width']:.0f}x{row['height']:.0f}" if pd.notna(row["width"]) else ""
@@ -588,7 +616,7 @@ MICRIO_MANIFEST_URLS = {  # item -> (source_url, expected outcome, text)
     "javascript_scheme": ("javascript:alert(1)", "rejected", "must be an http(s) URL or an s3:// URI"),
     "no_host": ("https://", "rejected", "must be an http(s) URL or an s3:// URI"),
     "whitespace_inside": ("http://exa mple.com/x.jpg", "rejected", "contains whitespace"),
-    "padded": (f"  s3://{BUCKET}/names/0.jpg  ", "rejected", "duplicate of row 1"),  # stripped, then equal
+    "padded": (f"  s3://{BUCKET}/names/0.jpg  ", "skipped", "duplicate of row 1"),  # stripped, then equal
     "unreachable_traversal": ("http://127.0.0.1:9/../../etc/passwd", "failed", "originalNotFound"),
     "number": (12345, "rejected", "source_url"),
     "empty": (None, "rejected", "source_url is empty"),
@@ -644,8 +672,8 @@ def run_micrio_bad_uris(runs: Runs, folder: Path) -> dict[str, Outcome]:
 def run_micrio_empty(runs: Runs, folder: Path) -> dict[str, Outcome]:
     summary, log = runs.flow("micrio", _micrio_params(f"s3://{BUCKET}/no-such-prefix/", folder, "r.parquet"))
     if summary is None:
-        return {"(run)": Outcome("failed", log)}
-    return {"(run)": Outcome("done", json.dumps(summary))}
+        return {"(run)": Outcome("run failed", log)}
+    return {"(run)": final(summary)}
 
 
 MICRIO_CASES = [
@@ -657,7 +685,7 @@ MICRIO_CASES = [
       for case, (_, status, text) in MICRIO_MANIFEST_URLS.items()),
     *(Case("micrio-bad-uris", item, "rejected", text) for item, (_, text) in MICRIO_BAD_URIS.items()),
     Case("micrio-bad-uris", "good.jpg", "done", "ready"),
-    Case("micrio-empty", "(run)", "done", '"total": 0'),
+    Case("micrio-empty", "(run)", "failed", "holds no objects"),
 ]  # fmt: skip
 
 
@@ -668,14 +696,16 @@ def run_harvest(runs: Runs, folder: Path) -> dict[str, Outcome]:
     summary, log = runs.flow(
         "harvest",
         {"viziosense_block": "hostile-viziosense", "miniviz_block": "hostile-miniviz",
-         "s3_bucket_block": "hostile-s3", "state": str(folder / "pacing.json"), "report": str(folder / "r.parquet"),
-         "ready_after_seconds": 20 * TEST_TIME_SCALE, "poll_interval_seconds": 0.02, "image_timeout_seconds": 10.0},
+         "s3_bucket_block": "hostile-s3",
+         "outputs": {"state": str(folder / "pacing.json"), "report": str(folder / "r.parquet")},
+         "timing": {"ready_after_seconds": 20 * TEST_TIME_SCALE, "poll_interval_seconds": 0.02,
+                    "image_timeout_seconds": 10.0}},
     )  # fmt: skip
     if summary is None:
         return run_failed(log, [*HARVEST_DEVICES, "twins"])
     report = pd.read_parquet(summary["report"])
     by_uuid = {r["device_uuid"]: r for r in report.to_dict("records")}
-    out = {"(run)": Outcome("done")}
+    out = {"(run)": final(summary)}
     for n, (case, name) in enumerate(HARVEST_DEVICES.items()):
         row = by_uuid.get(f"00000000-0000-4000-8000-{n:012d}")
         if row is None:
@@ -692,7 +722,7 @@ def run_harvest(runs: Runs, folder: Path) -> dict[str, Outcome]:
         elif not readable.startswith(stored_name) or (len(readable) < 100 and stored_name != readable):
             out[case] = Outcome("device name changed in S3 metadata", repr(stored_name)[:80])
         else:
-            out[case] = Outcome(row["status"], f"label={label} pushed={row['image_push']}")
+            out[case] = Outcome(row["outcome"], f"label={label} pushed={row['image_push']}")
     twins = [r["label_key"] for r in report.to_dict("records") if r["device_name"] == "twin"]
     out["twins"] = Outcome("distinct labels" if len(set(twins)) == 2 else f"labels {twins}")
     return out

@@ -204,12 +204,10 @@ def test_micrio_migration_kill_and_resume(emu, blocks, tmp_path, seed):
         "source": f"s3://demo-bucket/{prefix}",
         "micrio_block": "kill-micrio",
         "s3_bucket_block": "kill-s3",
-        "folder_id": micrio.credentials["root_folder_id"],
-        "batch_size": MICRIO_BATCH,
-        "poll_initial_seconds": 0.05,
-        "poll_max_seconds": 0.2,
-        "journal": str(journal),
-        "report": str(tmp_path / "report.csv"),
+        "target": {"folder_id": micrio.credentials["root_folder_id"]},
+        "adding": {"batch_size": MICRIO_BATCH},
+        "polling": {"initial_seconds": 0.05, "max_seconds": 0.2},
+        "outputs": {"journal": str(journal), "report": str(tmp_path / "report.csv")},
     }
     plan = kill_plan(seed, "micrio", {"journal": (1, 5), "requests": (1, 4), "delay": (0.1, 1.0)})
     kills = kill_at_each_point(
@@ -263,10 +261,8 @@ def test_miniviz_backfill_kill_and_resume(emu, blocks, tmp_path, seed):
     params = {
         "source": str(source),
         "miniviz_block": "kill-miniviz",
-        "concurrency": BACKFILL_CONCURRENCY,
-        "batch_size": 100,
-        "journal": str(journal),
-        "report": str(tmp_path / "report.csv"),
+        "pacing": {"concurrency": BACKFILL_CONCURRENCY, "batch_size": 100},
+        "outputs": {"journal": str(journal), "report": str(tmp_path / "report.csv")},
     }
     miniviz.faults(latency=3)  # 30 ms per request: a run lasts long enough to be killed several times
     plan = kill_plan(seed, "backfill", {"journal": (2, 15), "requests": (20, 100), "delay": (0.1, 1.0)})
@@ -310,15 +306,11 @@ def test_skin_analysis_kill_and_resume(emu, blocks, tmp_path, seed):
     params = {
         "source": str(src),
         "haut_block": "kill-haut",
-        "dataset_name": f"kill-{seed}",
-        "batch_size": SKIN_BATCH,
-        "parallel_batches": SKIN_PARALLEL,
-        "concurrency": 2,
-        "poll_initial_delay": 0.05,
-        "poll_max_delay": 0.2,
-        "results_timeout": 30.0,
-        "journal": str(journal),
-        "report": str(tmp_path / "report.csv"),
+        "analysis": {"dataset_name": f"kill-{seed}"},
+        "upload": {"batch_size": SKIN_BATCH, "parallel_batches": SKIN_PARALLEL, "concurrency": 2},
+        "polling": {"initial_delay": 0.05, "max_delay": 0.2, "results_timeout": 30.0},
+        "privacy": {"include_file_names": True},  # to match each report row with its file
+        "outputs": {"journal": str(journal), "report": str(tmp_path / "report.csv")},
     }
     haut.faults(latency=15, path_pattern="compute")  # 0.15 s per compute
     plan = kill_plan(seed, "skin", {"journal": (1, 6), "requests": (3, 20), "delay": (0.1, 1.0)})
@@ -357,13 +349,10 @@ def test_micrio_kills_around_one_add_do_not_use_up_its_attempts(emu, blocks, tmp
         "source": "s3://demo-bucket/kill-attempts/",
         "micrio_block": "kill-micrio",
         "s3_bucket_block": "kill-s3",
-        "folder_id": micrio.credentials["root_folder_id"],
-        "batch_size": 4,
-        "max_attempts": 3,
-        "poll_initial_seconds": 0.05,
-        "poll_max_seconds": 0.2,
-        "journal": str(journal),
-        "report": str(tmp_path / "report.csv"),
+        "target": {"folder_id": micrio.credentials["root_folder_id"]},
+        "adding": {"batch_size": 4, "max_attempts": 3},
+        "polling": {"initial_seconds": 0.05, "max_seconds": 0.2},
+        "outputs": {"journal": str(journal), "report": str(tmp_path / "report.csv")},
     }
     plan = [KillPoint("journal", 1)] * 3
     kill_at_each_point("micrio", params, tmp_path, plan, journal, lambda: total_requests(micrio), 0)

@@ -144,39 +144,41 @@ def flow_runs_to_make(work: Path) -> list[tuple[str, dict]]:
         (
             "micrio-migration/micrio-migration",
             {
-                "poll_initial_seconds": 0.1,
-                "poll_max_seconds": 0.5,
-                "journal": "s3://demo-bucket/system/journals/micrio/",
-                "report": str(work / "micrio.csv"),
+                "polling": {"initial_seconds": 0.1, "max_seconds": 0.5},
+                "outputs": {
+                    "journal": "s3://demo-bucket/system/journals/micrio/",
+                    "report": str(work / "micrio.csv"),
+                },
             },
         ),
         (
             "snapshot-harvest/snapshot-harvest-every-15m",
             {
-                "ready_after_seconds": 20 * TIME_SCALE,
-                "poll_interval_seconds": 0.1,
-                "data_event_budget_seconds": 60 * TIME_SCALE,
-                "state": str(work / "harvest-state.json"),
-                "report": str(work / "harvest.csv"),
+                "timing": {"ready_after_seconds": 20 * TIME_SCALE, "poll_interval_seconds": 0.1},
+                "miniviz_push": {"data_event_budget_seconds": 60 * TIME_SCALE},
+                "outputs": {"state": str(work / "harvest-state.json"), "report": str(work / "harvest.csv")},
             },
         ),
         (
             "skin-analysis/skin-analysis",
             {
-                "poll_initial_delay": 22 * TIME_SCALE,
-                "poll_max_delay": 0.2,
-                "report": str(work / "skin.csv"),
-                "metrics_report": str(work / "skin-metrics.csv"),
-                "journal": "s3://demo-bucket/system/journals/skin/",
+                "polling": {"initial_delay": 22 * TIME_SCALE, "max_delay": 0.2},
+                "outputs": {
+                    "report": str(work / "skin.csv"),
+                    "metrics_report": str(work / "skin-metrics.csv"),
+                    "journal": "s3://demo-bucket/system/journals/skin/",
+                },
             },
         ),
         (
             "miniviz-backfill/miniviz-backfill",
             {
                 "dry_run": False,
-                "journal": str(work / "backfill.jsonl"),
-                "report": str(work / "backfill.csv"),
-                "dead_letter": str(work / "backfill-rejected.csv"),
+                "outputs": {
+                    "journal": str(work / "backfill.jsonl"),
+                    "report": str(work / "backfill.csv"),
+                    "dead_letter": str(work / "backfill-rejected.csv"),
+                },
             },
         ),
     ]
@@ -267,9 +269,13 @@ def s3_objects(emu: RunningEmulators) -> dict[str, bytes]:
 
 def test_every_flow_ran_with_debug_logging(system: System):
     """The search below means something only if the runs happened and logged at DEBUG, httpx included."""
-    assert [fr.state.type.value for fr in system.flow_runs] == ["COMPLETED"] * 4, [
-        (fr.name, fr.state.message) for fr in system.flow_runs
-    ]
+    # Completed, or Failed by the final-state rule (the inputs hold deliberately rejected items): the message
+    # then gives the counts and the report; a crash or an exception would not.
+    assert all(
+        fr.state.is_completed() or (fr.state.is_failed() and "rejected; report" in fr.state.message)
+        for fr in system.flow_runs
+    ), [(fr.name, fr.state.type.value, fr.state.message) for fr in system.flow_runs]
+    assert len(system.flow_runs) == 4
     stored = read_everything(system.api_url)
     logs = stored["logs"]
     assert any(log["level"] == 10 for log in logs), "no DEBUG record reached the server"
