@@ -10,11 +10,16 @@ from prefect.blocks.abstract import CredentialsBlock
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-from pydantic import Field
+from pydantic import Field, SecretStr
 
+from clients.session import SessionClient, session_for, session_key
+from clients.spread import spread_for
 from clients.transport import HttpSettings, RetryPolicy
 
 B = TypeVar("B", bound="ServiceCredentials")
+# Connections per host a session may open (one per request in flight, opened on first need), times
+# ``parallel_connections``: as many as one private client's pool holds (``HttpSettings.max_connections_per_client``).
+SESSION_CONNECTIONS = 16
 AnyBlock = TypeVar("AnyBlock", bound=Block)
 
 
@@ -65,7 +70,10 @@ class ServiceCredentials(CredentialsBlock, ABC):
         default=1,
         ge=1,
         le=32,
-        description="HTTP clients used side by side; more help when many requests are in flight.",
+        description=(
+            "Connections per host, in units of 16, each carrying one request at a time. "
+            "More help when many requests are in flight."
+        ),
     )
 
     def http_settings(
@@ -90,6 +98,32 @@ class ServiceCredentials(CredentialsBlock, ABC):
         if isinstance(block, str):
             return await load_block(cls, block)
         raise TypeError(f"expected a {cls.__name__} or the name of a saved one, got {type(block).__name__}")
+
+    def session(self) -> SessionClient:
+        """The process-wide client of this account and configuration, shared by every task and flow.
+
+        Every caller in the process (direct calls, ``.map``, ``asyncio.gather``, any thread or event loop) that
+        resolves an equal block gets the same client: one set of pacers, one login, one connection pool
+        (``clients/session.py`` says how). Use as ``client = creds.session()`` or
+        ``async with creds.session() as client:``; leaving the block does not close it (the process does, at
+        exit). ``get_client()`` still gives a private client for callers that want their own.
+        """
+        return session_for(self.session_key(), self._session_client).view()
+
+    def session_key(self) -> str:
+        """This block's session key: its type and settings, its secrets only as a salted hash."""
+        settings: dict[str, Any] = {}
+        secrets: list[str] = []
+        for name, value in self:
+            if isinstance(value, SecretStr):
+                secrets.append(f"{name}={value.get_secret_value()}")
+            else:
+                settings[name] = value
+        return session_key(self.get_block_type_slug(), settings, secrets)
+
+    def _session_client(self) -> Any:
+        """The client a session owns: its requests spread over one-connection pools, opened as needed."""
+        return self.get_client(transport=spread_for(SESSION_CONNECTIONS * self.parallel_connections))
 
     def get_client(self, **kwargs: Any) -> Any:  # pragma: no cover - each service implements it
         raise NotImplementedError

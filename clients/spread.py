@@ -38,6 +38,21 @@ class SpreadTransport(httpx.AsyncBaseTransport):
         self._pools: dict[Origin, list[httpx.AsyncBaseTransport]] = {}
         self._in_flight: dict[Origin, list[int]] = {}
 
+    def prepare_pools(self, prepare: Callable[[httpx.AsyncBaseTransport], object]) -> bool:
+        """Run ``prepare`` on each pool as it is made (``clients.wire.time_the_wire``); False once pools exist
+        (their connections were made without it)."""
+        if self._pools:
+            return False
+        make = self._make_pool
+
+        def make_prepared() -> httpx.AsyncBaseTransport:
+            pool = make()
+            prepare(pool)
+            return pool
+
+        self._make_pool = make_prepared
+        return True
+
     def in_flight(self) -> dict[str, list[int]]:
         """Requests under way per pool, by origin (``scheme://host`` and ``:port`` if not the default)."""
         return {

@@ -9,7 +9,6 @@ breaks *after* a request was sent is retried only for idempotent operations; oth
 from __future__ import annotations
 
 import email.utils
-import itertools
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ import httpx
 
 from .errors import ApiError, AuthError, NotFoundError, OutcomeUnknownError, RateLimitedError
 from .redaction import install_log_redaction, redact, register_secret
+from .spread import spread_for
 from .timing import SYSTEM_CLOCK, Clock, Pacer
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -66,7 +66,8 @@ class HttpSettings:
 
     timeout: httpx.Timeout = field(default_factory=lambda: httpx.Timeout(30.0, connect=10.0))
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    # httpx gets slower with many requests in flight on one client (docs/performance.md): spread them.
+    # httpx gets slower with many requests in flight on one connection pool (docs/performance.md): above 1,
+    # requests spread over ``pool_size * max_connections_per_client`` one-connection pools (clients/spread.py).
     pool_size: int = 1
     max_connections_per_client: int = 16
     transport: httpx.AsyncBaseTransport | None = None  # tests inject a MockTransport here
@@ -97,31 +98,30 @@ class HttpService:
             register_secret(secret)
         install_log_redaction(self.logger.name)
         self._rng = random.Random(seed)
-        self._clients: list[httpx.AsyncClient] = []
-        self._next_client = itertools.count()
+        self._client: httpx.AsyncClient | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
     def _http(self) -> httpx.AsyncClient:
-        if not self._clients:
+        if self._client is None:
             s = self.settings
-            limits = httpx.Limits(
-                max_connections=s.max_connections_per_client,
-                max_keepalive_connections=s.max_connections_per_client,
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url,
+                timeout=s.timeout,
+                transport=self._wrap_transport(s.transport or self._default_transport()),
+                headers={"User-Agent": "prefect-imaging-pipelines/0.1"},
             )
-            self._clients = [
-                httpx.AsyncClient(
-                    base_url=self.base_url,
-                    timeout=s.timeout,
-                    transport=self._wrap_transport(s.transport or httpx.AsyncHTTPTransport(limits=limits)),
-                    headers={"User-Agent": "prefect-imaging-pipelines/0.1"},
-                )
-                for _ in range(max(1, s.pool_size))
-            ]
-        return self._clients[next(self._next_client) % len(self._clients)]
+        return self._client
+
+    def _default_transport(self) -> httpx.AsyncBaseTransport:
+        s = self.settings
+        if s.pool_size > 1:  # many requests in flight: the one spreading mechanism (clients/spread.py)
+            return spread_for(s.pool_size * s.max_connections_per_client)
+        n = s.max_connections_per_client
+        return httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
 
     async def aclose(self) -> None:
-        clients, self._clients = self._clients, []
-        for client in clients:
+        client, self._client = self._client, None
+        if client is not None:
             await client.aclose()
 
     async def __aenter__(self):

@@ -22,6 +22,7 @@ from typing import Any
 import httpcore
 import httpx
 
+from .spread import SpreadTransport
 from .timing import PacedCall, current_paced_call
 
 # httpcore writes a request's head and body separately; each write through anyio costs a socket send and
@@ -108,7 +109,11 @@ class TimedNetworkBackend(httpcore.AsyncNetworkBackend):
 
 
 def time_the_wire(transport: httpx.AsyncBaseTransport) -> bool:
-    """Make ``transport``'s connections report wire times to paced calls; True when it could."""
+    """Make ``transport``'s connections report wire times to paced calls; True when it could.
+
+    A ``SpreadTransport`` (``clients.spread``) has it done to each of its pools as they are made."""
+    if isinstance(transport, SpreadTransport):
+        return transport.prepare_pools(time_the_wire)
     if type(transport) is not httpx.AsyncHTTPTransport:
         return False
     pool = getattr(transport, "_pool", None)

@@ -2,8 +2,8 @@
 (``ensure_haut_dataset``, ``ensure_haut_subjects``, ``analyse_haut_batch``).
 
 Every task accepts a ``HautCredentials`` block or the name of a saved one (``ensure_haut_dataset`` also an
-open ``HautClient``, left open, so a flow run's tasks share one connection pool). With a login (not a private
-token), clients of one process share the session, so many task runs still log in once.
+open ``HautClient``, left open). A block or block name reaches the process's session for that account
+(``blocks.base.ServiceCredentials.session``): one client, one login, one connection pool for every task run.
 """
 
 from __future__ import annotations
@@ -47,12 +47,12 @@ Credentials = HautCredentials | str
 
 @contextlib.asynccontextmanager
 async def _client(credentials: Credentials | HautClient) -> AsyncIterator[HautClient]:
-    """The client given (left open), or a new one from a block or block name (closed after)."""
+    """The client given, or the process's session client of a block or block name (both left open)."""
     if isinstance(credentials, HautClient):
         yield credentials
         return
     creds = await HautCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         yield client
 
 

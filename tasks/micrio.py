@@ -69,7 +69,7 @@ async def add_micrio_images(
         ```
     """
     creds = await MicrioCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.add_images(folder_id, images, user_email)
 
 
@@ -90,7 +90,7 @@ async def get_micrio_image_status(credentials: Credentials, image_ids: list[str]
             "image_ids", f"has {len(ids)} ids", f"at most {MAX_STATUS_IDS}; use poll_micrio_images"
         )
     creds = await MicrioCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.image_status(ids)
 
 
@@ -104,7 +104,7 @@ async def get_micrio_folder_status(credentials: Credentials, folder_id: str) -> 
         ```
     """
     creds = await MicrioCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.folder_status(folder_id)
 
 
@@ -120,7 +120,7 @@ async def create_micrio_folder(
         ```
     """
     creds = await MicrioCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.create_folder(parent_id, name, type)
 
 
@@ -201,7 +201,7 @@ async def poll_micrio_images(credentials: Credentials, image_ids: list[str]) -> 
         ```
     """
     creds = await MicrioCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.image_status(image_ids)
 
 

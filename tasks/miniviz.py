@@ -28,7 +28,7 @@ async def send_miniviz_data(
         ```
     """
     creds = await MinivizCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.send_data(label_key, payload, timestamp_ms)
 
 
@@ -48,7 +48,7 @@ async def send_miniviz_image(
         ```
     """
     creds = await MinivizCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.send_image(label_key, image, image_name, timestamp_ms)
 
 
@@ -62,7 +62,7 @@ async def get_miniviz_image(credentials: MinivizCredentials | str, event_id: str
         ```
     """
     creds = await MinivizCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.get_image(event_id)
 
 
@@ -109,5 +109,5 @@ async def send_miniviz_data_batch(
             except ApiError as exc:
                 return EventOutcome(index=index, status="failed", error=str(exc))
 
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return list(await asyncio.gather(*(one(client, i, e) for i, e in enumerate(events))))

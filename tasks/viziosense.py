@@ -48,7 +48,7 @@ async def list_viziosense_devices(
         ```
     """
     creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.list_all_devices(per_page=per_page, sort=sort, group=group, is_online=is_online)
 
 
@@ -62,7 +62,7 @@ async def get_viziosense_device(credentials: VizioSenseCredentials | str, device
         ```
     """
     creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.get_device(device_uuid)
 
 
@@ -78,7 +78,7 @@ async def update_viziosense_device(
         ```
     """
     creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.update_device(device_uuid, fields)
 
 
@@ -92,7 +92,7 @@ async def refresh_viziosense_device(credentials: VizioSenseCredentials | str, de
         ```
     """
     creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.refresh_device(device_uuid)
 
 
@@ -109,7 +109,7 @@ async def request_viziosense_image(
         ```
     """
     creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.request_image(device_uuid, ready_after=ready_after)
 
 
@@ -130,7 +130,7 @@ async def fetch_viziosense_image(
         ```
     """
     creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.fetch_image(image, kind, poll_interval=poll_interval, timeout=timeout)
 
 
@@ -146,7 +146,7 @@ async def list_viziosense_webhooks(
         ```
     """
     creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.list_webhooks(device_uuid)
 
 
@@ -172,7 +172,7 @@ async def add_viziosense_webhook(
         ```
     """
     creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.add_webhook(
             device_uuid, url, webhook_type, status=status, actions=actions, headers=headers, params=params
         )
@@ -198,7 +198,7 @@ async def update_viziosense_webhook(
         ```
     """
     creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         return await client.update_webhook(
             device_uuid,
             webhook_id,
@@ -291,7 +291,7 @@ async def harvest_viziosense_snapshots(
             first_index[uuid] = outcome.index
             todo.append(outcome)
 
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         requests = await asyncio.gather(*(_request_one(client, o, limit, ready_after) for o in todo))
         pending = [(o, r) for o, r in zip(todo, requests, strict=True) if r is not None]
         if pending:

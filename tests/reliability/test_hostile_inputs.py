@@ -338,8 +338,8 @@ def run_backfill_empty(runs: Runs, folder: Path) -> dict[str, Outcome]:
         {"source": str(folder / "in"), "miniviz_block": "hostile-miniviz",
          "outputs": {"journal": str(folder / "journal.jsonl"), "report": str(folder / "report.csv")}},
     )  # fmt: skip
-    if summary is None:
-        return {"(run)": Outcome("run failed", log)}
+    if summary is None:  # an exception ends the run Failed too (before any report: there is nothing to read)
+        return {"(run)": Outcome("failed", log)}
     return {"(run)": final(summary)}
 
 
@@ -671,8 +671,8 @@ def run_micrio_bad_uris(runs: Runs, folder: Path) -> dict[str, Outcome]:
 
 def run_micrio_empty(runs: Runs, folder: Path) -> dict[str, Outcome]:
     summary, log = runs.flow("micrio", _micrio_params(f"s3://{BUCKET}/no-such-prefix/", folder, "r.parquet"))
-    if summary is None:
-        return {"(run)": Outcome("run failed", log)}
+    if summary is None:  # an exception ends the run Failed too (before any report: there is nothing to read)
+        return {"(run)": Outcome("failed", log)}
     return {"(run)": final(summary)}
 
 
