@@ -379,7 +379,9 @@ async def check_server_side(topology: Topology, flow_runs: list[Any]) -> None:
     stored = s3_client(topology.emu).list_objects_v2(Bucket=BUCKET, Prefix=f"{RESULTS_PREFIX}/")
     assert stored.get("KeyCount", 0) >= len(ids)
     result = await load_result(topology.api_urls[1], flow_runs[0])
-    assert isinstance(result, IncompleteRun), result  # a Failed run's result: the rule's exception, summary inside
+    assert isinstance(result, IncompleteRun), (
+        result
+    )  # a Failed run's result: the rule's exception, summary inside
     assert (result.summary.total, result.summary.done, result.summary.rejected) == (5, 4, 1)
 
 
