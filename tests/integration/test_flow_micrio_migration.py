@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -28,6 +27,7 @@ from tasks.journal import Journal
 from tasks.run_state import IncompleteRun
 from tests.conftest import TEST_TIME_SCALE
 from tests.images import jpeg_bytes
+from tests.logs import Collect
 
 pytestmark = pytest.mark.integration
 FAST_POLL = {"polling": {"initial_seconds": 0.05, "max_seconds": 0.2}}
@@ -101,24 +101,6 @@ def put_photos(s3, prefix: str) -> list[str]:
         s3.put_object(Bucket="demo-bucket", Key=key, Body=(SKIMAGE_DATA / name).read_bytes())
         keys.append(key)
     return keys
-
-
-class Collect(logging.Handler):
-    """Every log record of the prefect loggers in this process while attached."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-    def __enter__(self) -> Collect:
-        logging.getLogger("prefect").addHandler(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        logging.getLogger("prefect").removeHandler(self)
 
 
 async def run(**params):

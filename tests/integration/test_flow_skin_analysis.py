@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import io
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -42,6 +41,7 @@ from emulators.launcher import running_emulators
 from flows.skin_analysis import skin_analysis
 from tasks.run_state import IncompleteRun
 from tests.conftest import TEST_TIME_SCALE, start_service
+from tests.logs import Collect
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -117,26 +117,6 @@ async def blocks(emu, prefect_harness):
     )
     await S3Bucket(bucket_name=c["bucket"], credentials=creds).asave("skin-test-s3", overwrite=True)
     return {"haut_block": "skin-test-haut", "s3_bucket_block": "skin-test-s3"}
-
-
-class Collect(logging.Handler):
-    """Every log record emitted in this process while attached (root and the prefect loggers)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-    def __enter__(self) -> Collect:
-        for name in ("", "prefect"):
-            logging.getLogger(name).addHandler(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for name in ("", "prefect"):
-            logging.getLogger(name).removeHandler(self)
 
 
 async def run(**params):
