@@ -214,6 +214,7 @@ def backfill_paced() -> dict[str, Any]:
         "gap_ms_p99": round(percentile(gaps, 0.99) * 1000, 3) if gaps else None,
         "gap_ms_max": round(gaps[-1] * 1000, 3) if gaps else None,
         "send_timing": summary.get("send_timing"),
+        "task_runs": run.task_runs,
         "wall_s": round(run.wall_s, 1),
         "peak_rss_mb": round(run.peak_rss_mb, 1),
         **run.cpu_figures(),

@@ -139,7 +139,7 @@ def _isolated_fit_rate(emu: Any, report: pd.DataFrame) -> dict[str, float]:
 
 
 class _FlowProcessSampler(threading.Thread):
-    """Samples the flow subprocess and its fit workers (``python -m tasks.fit_pool``) every 0.5 s: the peak
+    """Samples the flow subprocess and its fit workers (``python -m flows.snapshot_harvest.fit_pool``) every 0.5 s: the peak
     of their summed RSS, and each one's latest CPU seconds (the workers exit with the flow, so what they did
     after the last sample is missed: little, they idle once the images are fitted)."""
 
@@ -154,7 +154,7 @@ class _FlowProcessSampler(threading.Thread):
         if proc.pid not in self._roles:  # read each command line once: sampling must stay cheap
             cmd = " ".join(proc.cmdline())
             self._roles[proc.pid] = (
-                "fit_workers" if "tasks.fit_pool" in cmd else "flow" if "flow_runner" in cmd else None
+                "fit_workers" if ".fit_pool" in cmd else "flow" if "flow_runner" in cmd else None
             )
         return self._roles[proc.pid]
 

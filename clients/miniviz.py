@@ -1,15 +1,17 @@
 """Miniviz client: data events, image events (Pro plan) and image retrieval (docs/apis.md §1).
 
 Every documented constraint is checked before sending, and both documented rate limits are paced in
-process (data: one event per interval per project; images: one per 60 s per label_key), so a caller
-that shares one client never sees a 429.
+process and across the processes of the machine (data: one event per interval per project; images: one per
+60 s per label_key), so callers on one machine never see a 429 of their own making.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -17,6 +19,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from .errors import InputError
+from .shared_pacing import default_pacing_dir, shared_slot
 from .timing import SYSTEM_CLOCK, Clock, KeyedPacer, Pacer
 from .transport import HttpService, HttpSettings
 from .wire import time_the_wire
@@ -40,6 +43,7 @@ MAX_IMAGE_BYTES = 204_800
 MAX_IMAGE_NAME = 255
 
 PayloadValue = str | int | float
+DEFAULT: Any = object()  # pacing_dir: where the machine's shared pacing lives (clients.shared_pacing)
 
 
 class EventAck(BaseModel):
@@ -145,6 +149,10 @@ class MinivizClient(HttpService):
     ``data_interval`` defaults to the plan's documented interval (Free 60 s, Pro 15 s); 0 disables pacing
     (a self-hosted endpoint or the emulator with limits off). ``auth_mode="query"`` uses the legacy
     ``?token=`` parameter; the default sends ``Authorization: Bearer``.
+
+    Pacing is shared with every other client of the same project on this machine, in this process or another
+    (``clients.shared_pacing``: lock files under ``pacing_dir``, by default ``$PIPELINES_PACING_DIR`` or
+    ``.pipeline-state/pacing``); ``pacing_dir=None`` paces this client alone. A fake clock paces alone too.
     """
 
     service = "miniviz"
@@ -161,6 +169,7 @@ class MinivizClient(HttpService):
         auth_mode: Literal["header", "query"] = "header",
         settings: HttpSettings | None = None,
         clock: Clock = SYSTEM_CLOCK,
+        pacing_dir: Path | str | None = DEFAULT,
     ) -> None:
         super().__init__(base_url, settings=settings, clock=clock, secrets=(token,))
         if plan not in DATA_INTERVAL_S:
@@ -170,8 +179,20 @@ class MinivizClient(HttpService):
         self._token = token
         self.auth_mode = auth_mode
         interval = DATA_INTERVAL_S[plan] if data_interval is None else data_interval
-        self.data_pacer = Pacer(interval, clock, wire_lead=WIRE_LEAD_S)
-        self.image_pacers = KeyedPacer(image_interval, clock, wire_lead=WIRE_LEAD_S)
+        # the limits are the project's: every process of the machine sending to it paces with the others
+        if pacing_dir is DEFAULT:
+            pacing_dir = default_pacing_dir()
+        shared_dir = Path(pacing_dir).resolve() if pacing_dir else None
+        project = (self.base_url, project_id)
+        self.data_pacer = Pacer(
+            interval, clock, wire_lead=WIRE_LEAD_S, shared=shared_slot(shared_dir, "miniviz-data", *project)
+        )
+        self.image_pacers = KeyedPacer(
+            image_interval,
+            clock,
+            wire_lead=WIRE_LEAD_S,
+            shared=functools.partial(shared_slot, shared_dir, "miniviz-image", *project),
+        )
 
     def _wrap_transport(self, transport: httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
         time_the_wire(transport)  # pacing measured at the socket when the transport allows it
@@ -191,9 +212,17 @@ class MinivizClient(HttpService):
         return int(self.clock.time() * 1000)
 
     async def send_data(
-        self, label_key: str, payload: dict[str, PayloadValue], timestamp_ms: int | None = None
+        self,
+        label_key: str,
+        payload: dict[str, PayloadValue],
+        timestamp_ms: int | None = None,
+        *,
+        retry_on_429: bool = True,
     ) -> EventAck:
-        """Send one data event; waits for the project's pacing slot first."""
+        """Send one data event; waits for the project's pacing slot first.
+
+        ``retry_on_429=False``: a 429 raises ``RateLimitedError`` at once, for callers that defer the event
+        rather than wait (the pacing keeps this machine's callers from ever seeing one)."""
         body = {
             "timestamp": check_timestamp_ms(self._now_ms() if timestamp_ms is None else timestamp_ms),
             "label_key": check_label_key(label_key),
@@ -205,6 +234,7 @@ class MinivizClient(HttpService):
             "send_data",
             json=body,
             pacer=self.data_pacer,
+            retry_on_429=retry_on_429,
         )
         return EventAck.model_validate(response.json())
 
@@ -213,9 +243,16 @@ class MinivizClient(HttpService):
         return self.image_pacers(label_key).wait_time()
 
     async def send_image(
-        self, label_key: str, image: bytes, image_name: str, timestamp_ms: int | None = None
+        self,
+        label_key: str,
+        image: bytes,
+        image_name: str,
+        timestamp_ms: int | None = None,
+        *,
+        retry_on_429: bool = True,
     ) -> EventAck:
-        """Send one image event (Pro plan); waits for the label's pacing slot first."""
+        """Send one image event (Pro plan); waits for the label's pacing slot first (``retry_on_429``: as
+        ``send_data``)."""
         if self.plan != "pro":
             raise InputError("plan", "the image API is available on the Pro plan only", "Miniviz answers 403")
         check_image(image, image_name)
@@ -231,6 +268,7 @@ class MinivizClient(HttpService):
             "send_image",
             json=body,
             pacer=self.image_pacers(label_key),
+            retry_on_429=retry_on_429,
         )
         return EventAck.model_validate(response.json())
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .shared_pacing import SharedSlot
 
 # The last stretch of a wait is spent yielding to the event loop instead of sleeping: asyncio's timers wake
 # up to ~1 ms late (epoll rounds its timeout up to whole milliseconds) and later still on a busy machine.
@@ -150,20 +154,39 @@ class Pacer:
     the call, starts the next interval. Once a call has shown that its transport is wire-timed, the next one
     is let in ``wire_lead`` seconds early so the client library builds the request while the pacer waits.
     Without such a transport both ends are taken around the whole call (safe, a little slower).
+
+    Across processes: with a ``shared`` slot (``clients.shared_pacing``), each call also holds the slot's lock
+    file from just before its moment until its answer began to arrive, and leaves the next moment there, so
+    every process of the machine pacing the same limit keeps the same spacing, measured the same way.
     """
 
-    def __init__(self, interval: float, clock: Clock = SYSTEM_CLOCK, *, wire_lead: float = 0.0) -> None:
+    def __init__(
+        self,
+        interval: float,
+        clock: Clock = SYSTEM_CLOCK,
+        *,
+        wire_lead: float = 0.0,
+        shared: SharedSlot | None = None,
+    ) -> None:
         self.interval = max(0.0, interval)
         self.clock = clock
         self.wire_lead = max(0.0, wire_lead)
+        # the same limit paced by other processes of this machine (a real clock and a limit only)
+        self.shared = shared if self.interval > 0 and isinstance(clock, SystemClock) else None
         self.stats = PacingStats()
         self._wire_seen = False
         self._lock = asyncio.Lock()
         self._next_allowed = float("-inf")
 
     def wait_time(self) -> float:
-        """Seconds until a call may start (0 when it may start now)."""
-        return max(0.0, self._next_allowed - self.clock.monotonic())
+        """Seconds until a call may start (0 when it may start now), counting other processes' calls."""
+        now = self.clock.monotonic()
+        start = self._next_allowed
+        if self.shared is not None:
+            start = max(start, self.shared.next_allowed())
+            if self.shared.busy():  # a call in flight: its answer, still to come, opens the next interval
+                start = max(start, now) + self.interval
+        return max(0.0, start - now)
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -174,6 +197,9 @@ class Pacer:
         async with self._lock:
             clock = self.clock
             call = PacedCall(self, clock.monotonic())
+            if self.shared is not None:  # held until this call's answer arrives (released below)
+                shared_next = await self.shared.acquire(functools.partial(sleep_until, clock))
+                self._next_allowed = max(self._next_allowed, shared_next)
             earliest = self._next_allowed
             # Let the call in early only when the previous one proved the wire is timed (its transport held
             # the first byte); otherwise wait the whole interval here.
@@ -189,7 +215,9 @@ class Pacer:
                 _CURRENT_CALL.reset(token)
                 self._wire_seen = call.answered_at is not None
                 end = call.answered_at if self._wire_seen else clock.monotonic()
-                self._next_allowed = end + self.interval
+                self._next_allowed = max(end + self.interval, self._next_allowed)  # keep a push_back
+                if self.shared is not None:
+                    self.shared.release(self._next_allowed)
                 self._record(call, earliest, released, end)
 
     def _record(self, call: PacedCall, earliest: float, released: float, end: float) -> None:
@@ -207,19 +235,32 @@ class Pacer:
     def push_back(self, seconds: float) -> None:
         """The service asked us to wait (Retry-After): no call before ``seconds`` from now."""
         self._next_allowed = max(self._next_allowed, self.clock.monotonic() + seconds)
+        if self.shared is not None:
+            self.shared.push_next(self._next_allowed)
 
 
 class KeyedPacer:
     """One ``Pacer`` per key (e.g. Miniviz images: one per label_key)."""
 
-    def __init__(self, interval: float, clock: Clock = SYSTEM_CLOCK, *, wire_lead: float = 0.0) -> None:
+    def __init__(
+        self,
+        interval: float,
+        clock: Clock = SYSTEM_CLOCK,
+        *,
+        wire_lead: float = 0.0,
+        shared: Callable[[str], SharedSlot | None] | None = None,
+    ) -> None:
         self.interval = interval
         self.clock = clock
         self.wire_lead = wire_lead
+        self._shared = shared  # key -> the slot other processes pace this key with
         self._pacers: dict[str, Pacer] = {}
 
     def __call__(self, key: str) -> Pacer:
         pacer = self._pacers.get(key)
         if pacer is None:
-            pacer = self._pacers[key] = Pacer(self.interval, self.clock, wire_lead=self.wire_lead)
+            shared = self._shared(key) if self._shared is not None and self.interval > 0 else None
+            pacer = self._pacers[key] = Pacer(
+                self.interval, self.clock, wire_lead=self.wire_lead, shared=shared
+            )
         return pacer

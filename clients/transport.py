@@ -176,11 +176,13 @@ class HttpService:
         authenticated: bool = True,
         pacer: Pacer | None = None,
         ok: Callable[[httpx.Response], bool] | None = None,
+        retry_on_429: bool = True,
     ) -> httpx.Response:
         """Send one logical request with retries; return the successful response or raise ``ApiError``.
 
         ``idempotent`` defaults to the HTTP method's semantics; read-only POSTs should pass True.
-        ``pacer`` spaces calls so the service's documented rate limit is never hit.
+        ``pacer`` spaces calls so the service's documented rate limit is never hit. ``retry_on_429=False``
+        raises a 429 at once (for callers that defer the item instead of waiting).
         """
         idempotent = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
         path = self._absolute(path)
@@ -246,7 +248,7 @@ class HttpService:
                 reauthed = True
                 continue
             status = response.status_code
-            if status in policy.retry_statuses:
+            if status in policy.retry_statuses and (retry_on_429 or status != 429):
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), self.clock.time())
                 delay = retry_after if retry_after is not None else policy.backoff(attempt, self._rng)
                 if self._may_retry(policy, attempt, started, delay):

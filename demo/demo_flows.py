@@ -142,8 +142,8 @@ async def miniviz_backfill(emu: RunningEmulators, demo_dir: Path, time_scale: fl
 
 
 FLOWS: dict[str, Callable[[RunningEmulators, Path, float], Awaitable[list[str]]]] = {
-    "Micrio migration (flows/micrio_migration.py)": micrio_migration,
-    "Snapshot harvest (flows/snapshot_harvest.py)": snapshot_harvest,
-    "Skin analysis (flows/skin_analysis.py)": skin_analysis,
-    "Miniviz backfill (flows/miniviz_backfill.py)": miniviz_backfill,
+    "Micrio migration (flows/micrio_migration/)": micrio_migration,
+    "Snapshot harvest (flows/snapshot_harvest/)": snapshot_harvest,
+    "Skin analysis (flows/skin_analysis/)": skin_analysis,
+    "Miniviz backfill (flows/miniviz_backfill/)": miniviz_backfill,
 }

@@ -1,5 +1,5 @@
-"""Prefect tasks for Haut.ai: one per API call, plus the coarse batch tasks of the skin-analysis flow
-(``ensure_haut_dataset``, ``ensure_haut_subjects``, ``analyse_haut_batch``).
+"""Prefect tasks for Haut.ai: one per API call, plus the coarse batch tasks the skin-analysis flow calls
+(``ensure_haut_dataset``, ``ensure_haut_subjects``, ``analyse_haut_batch``: its engine is ``tasks.haut_batch``).
 
 Every task accepts a ``HautCredentials`` block or the name of a saved one (``ensure_haut_dataset`` also an
 open ``HautClient``, left open). A block or block name reaches the process's session for that account
@@ -16,10 +16,9 @@ from typing import Any, Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
 
 from blocks.haut import HautCredentials
-from clients.errors import ApiError, InputError, OutcomeUnknownError
+from clients.errors import OutcomeUnknownError
 from clients.haut import FSM2_TECH_NAME, HautClient, check_text
 from clients.haut_models import (
     AlgorithmResult,
@@ -37,7 +36,17 @@ from clients.haut_models import (
     V3Results,
     V3Upload,
     Webhook,
-    face_scores,
+)
+from tasks.haut_batch import (
+    AnalysisUnit,
+    JournalState,
+    JournalWriter,
+    SendingBatches,
+    SubjectResolver,
+    UnitOutcome,
+    run_logger,
+    submit_batch,
+    wait_for_results,
 )
 
 Credentials = HautCredentials | str
@@ -509,7 +518,7 @@ async def list_haut_aux_images(
         return await client.list_aux_images(image_id, algo_app=algo_app, aux_image_type=aux_image_type)
 
 
-# --- batch tasks for the skin-analysis flow -------------------------------------------------------------------
+# --- batch tasks -------------------------------------------------------------------
 @task(name="haut-ensure-dataset", cache_policy=NO_CACHE)  # may take a client, which has no cache key
 async def ensure_haut_dataset(
     credentials: Credentials | HautClient,
@@ -567,191 +576,124 @@ async def ensure_haut_subjects(
     specs = [SubjectSpec(name=s) if isinstance(s, str) else s for s in subjects]
     for i, spec in enumerate(specs):
         check_text(spec.name, f"subjects[{i}].name")
+    first_spec = {s.name: s for s in reversed(specs)}  # a name repeated in the input: its first spec, once
+    limit = asyncio.Semaphore(max(1, concurrency))
     async with _client(credentials) as client:
-        by_name: dict[str, Subject] = {}
-        for subject in await client.list_subjects(dataset_id):
-            by_name.setdefault(subject.name or "", subject)  # oldest first: the service lists by id
-        missing: dict[str, SubjectSpec] = {}
-        for spec in specs:
-            if spec.name not in by_name:
-                missing.setdefault(spec.name, spec)  # a name repeated in the input is created once
-        unknown: list[str] = []
-        limit = asyncio.Semaphore(max(1, concurrency))
+        resolver = SubjectResolver(client, dataset_id, first_spec)
 
-        async def create(spec: SubjectSpec) -> None:
+        async def one(name: str) -> Subject:
             async with limit:
-                try:
-                    by_name[spec.name] = await client.create_subject(dataset_id, **spec.model_dump())
-                except OutcomeUnknownError:
-                    unknown.append(spec.name)
+                return await resolver.subject(name)
 
-        await asyncio.gather(*(create(s) for s in missing.values()))
-        if unknown:  # a create whose answer was lost: look once more before calling it failed
-            for subject in await client.list_subjects(dataset_id):
-                by_name.setdefault(subject.name or "", subject)
-            lost = [n for n in unknown if n not in by_name]
-            if lost:
-                raise ApiError(
-                    client.service,
-                    "ensure_subjects",
-                    f"could not confirm {len(lost)} subject(s) whose create answer was lost",  # names: personal
-                    retryable=True,
-                )
-        return [by_name[s.name] for s in specs]
-
-
-class HautBatchItem(BaseModel):
-    """One analysis of a batch: v1 sends ``image`` as ``side_id``; v3 sends ``images`` (or ``image`` as front)."""
-
-    key: str = Field(description="Caller's identifier, echoed in the outcome (e.g. the source file).")
-    subject_id: str
-    image: bytes | None = None
-    side_id: int = 1
-    images: dict[Side, bytes] | None = None
-    meta: Any = None
-
-
-class HautOutcome(BaseModel):
-    """What became of one item: ``done`` (results), ``failed`` (error) or ``rejected`` (reason; nothing sent)."""
-
-    key: str
-    status: Literal["done", "failed", "rejected"]
-    subject_id: str
-    batch_id: str | None = None
-    image_ids: list[str] = Field(default_factory=list)
-    scores: dict[str, Any] = Field(default_factory=dict)
-    results: list[AlgorithmResult] | None = None  # v1
-    v3_results: V3Results | None = None  # v3
-    error: str | None = None
-
-
-def _v1_outcome(item: HautBatchItem, analysis: V1Analysis, results: list[AlgorithmResult]) -> HautOutcome:
-    base = {"key": item.key, "subject_id": item.subject_id, "batch_id": analysis.batch_id}
-    failed = [r for r in results if not r.is_ok]
-    if len(failed) == len(results):
-        problems = sorted({r.problem or "algorithm failed" for r in failed})
-        return HautOutcome(
-            **base,
-            image_ids=[analysis.image_id],
-            status="failed",
-            results=results,
-            error="analysis failed: " + ", ".join(problems),
-        )
-    return HautOutcome(
-        **base, image_ids=[analysis.image_id], status="done", results=results, scores=face_scores(results)
-    )
-
-
-def _v3_outcome(item: HautBatchItem, analysis: V3Analysis, results: V3Results) -> HautOutcome:
-    base = {
-        "key": item.key,
-        "subject_id": item.subject_id,
-        "batch_id": analysis.batch_id,
-        "image_ids": list(analysis.image_ids.values()),
-        "v3_results": results,
-    }
-    if not results.parameters:
-        problems = (results.model_extra or {}).get("problems")
-        return HautOutcome(**base, status="failed", error=f"analysis failed: {problems or 'no parameters'}")
-    return HautOutcome(**base, status="done", scores=results.scores())
+        return list(await asyncio.gather(*(one(s.name) for s in specs)))
 
 
 @task(name="haut-analyse-batch", cache_policy=NO_CACHE)
 async def analyse_haut_batch(
     credentials: Credentials,
     dataset_id: str,
-    items: list[HautBatchItem],
+    units: list[AnalysisUnit],
     api_version: Literal["v1", "v3"] = "v1",
     concurrency: int = 8,
-    initial_delay: float | None = None,
-    max_delay: float | None = None,
-    timeout: float | None = None,
-) -> list[HautOutcome]:
-    """Analyse many images in one task run: upload + compute each (at most ``concurrency`` at once), then
-    poll every pending result together with backoff. Returns one outcome per item, in input order.
+    max_side: int | None = None,
+    s3_client: Any = None,
+    poll_initial_delay: float | None = None,
+    poll_max_delay: float | None = None,
+    results_timeout: float | None = None,
+    journal: JournalWriter | None = None,
+    state: JournalState | None = None,
+    subjects: SubjectResolver | None = None,
+    gate: asyncio.Semaphore | None = None,
+    senders: SendingBatches | None = None,
+) -> list[UnitOutcome]:
+    """Analyse many images in one task run, resumably; one outcome per analysis, in order.
 
-    Rejected: a documented constraint was broken (too small, too big, not JPEG/PNG): nothing was sent.
-    Failed: the service refused, the analysis failed, or results did not arrive within ``timeout`` seconds
-    of the last upload (poll settings default to the block's).
+    Each analysis (a v1 image, or a v3 batch of up to three sides of one subject) goes through its steps
+    without waiting for the rest of the batch: its images are read (local paths or ``s3://`` URIs, with
+    ``s3_client``) and checked against Haut's limits (decodable JPEG/PNG, ≥ 256×256 px, ≤ 30 MiB; EXIF
+    orientation applied, shrunk to ``max_side`` if given), its subject is found by name or created once
+    (``subjects``, shared by a run's batches), then signed URL(s) → PUT → compute, and its results are
+    polled with backoff from the moment it is computed (poll settings default to the block's). At most
+    ``concurrency`` requests in flight. The batch runs whole on the event loop of the account's session
+    (``credentials.session()``: one client and one login for the process).
+
+    Outcomes: ``done`` (``rows``: the metric rows), ``rejected`` (unusable input, with the reason: nothing
+    sent), ``failed`` (the service refused, the analysis failed, or results not in by the timeout:
+    ``pending``). Identical analyses of the batch (same subject and bytes) are sent once.
+
+    Resuming: with a ``journal`` (and the ``state`` an earlier run left in it), every step is journalled
+    (image records before any byte is sent); analyses done or failed earlier are returned from it without a
+    request (``resumed``), computed ones are polled again. ``gate`` bounds how many batches send at once
+    (held while sending, not while polling); with ``senders`` (shared by a run's batches), polls make way
+    for batches that are sending. A failure while sending raises; one while collecting leaves the computed
+    analyses ``failed`` and ``pending`` (a re-run collects them).
 
     Example:
         ```python
+        from tasks.haut_batch import AnalysisImage, AnalysisUnit
+
         outcomes = await analyse_haut_batch("my-haut", dataset.id, [
-            HautBatchItem(key="a.jpg", subject_id=subject.id, image=jpeg_bytes),
+            AnalysisUnit(unit=1, subject="participant-1", images=[AnalysisImage(item=1, source="p1.jpg")]),
         ])
         ```
     """
-    outcomes: list[HautOutcome | None] = [None] * len(items)
-    pending: dict[int, V1Analysis | V3Analysis] = {}
-    limit = asyncio.Semaphore(max(1, concurrency))
+    creds = await HautCredentials.resolve(credentials)
+    journal = journal or JournalWriter(None)  # None: nothing kept, nothing resumed
+    state = state or JournalState()
 
-    def finish(i: int, status: str, error: str) -> None:
-        outcomes[i] = HautOutcome(
-            key=items[i].key, subject_id=items[i].subject_id, status=status, error=error
+    async def on_session(client: HautClient) -> list[UnitOutcome]:  # the session's own client, on its loop
+        poll = client.poll_settings(
+            initial_delay=poll_initial_delay, max_delay=poll_max_delay, timeout=results_timeout
         )
+        limit = asyncio.Semaphore(max(1, concurrency))
+        waiting: dict[int, asyncio.Task[UnitOutcome]] = {}
+        records: list[dict[str, Any]] = []  # results, journalled together when the batch ends
 
-    async with _client(credentials) as client:
+        def wait(outcome: UnitOutcome) -> None:
+            waiting[outcome.unit] = asyncio.ensure_future(
+                wait_for_results(
+                    client, dataset_id, outcome, journal, poll, limit, api_version, records, senders
+                )
+            )
 
-        async def submit(i: int, item: HautBatchItem) -> None:
-            async with limit:
-                try:
-                    if api_version == "v1":
-                        if item.image is None:
-                            raise InputError("image", "missing", "v1 needs one image")
-                        pending[i] = await client.analyse_image_v1(
-                            item.subject_id, dataset_id, item.image, item.side_id, meta=item.meta
+        try:
+            try:
+                async with gate or contextlib.nullcontext():
+                    with senders.sending() if senders else contextlib.nullcontext():
+                        outcomes = await submit_batch(
+                            client,
+                            dataset_id,
+                            units,
+                            journal,
+                            state,
+                            subjects or SubjectResolver(client, dataset_id, {}),
+                            api_version=api_version,
+                            max_side=max_side,
+                            concurrency=concurrency,
+                            s3_client=s3_client,
+                            limit=limit,
+                            on_submitted=wait,
                         )
-                    else:
-                        sides = item.images or ({"front": item.image} if item.image is not None else {})
-                        pending[i] = await client.analyse_images_v3(item.subject_id, sides, meta=item.meta)
-                except InputError as exc:
-                    finish(i, "rejected", str(exc))
-                except ApiError as exc:
-                    finish(i, "failed", str(exc))
+            except BaseException:
+                for pending in waiting.values():
+                    pending.cancel()
+                raise
+            for outcome in outcomes:  # e.g. a copy of an identical analysis of the batch
+                if outcome.status == "submitted" and outcome.unit not in waiting:
+                    wait(outcome)
+            try:
+                finished = dict(zip(waiting, await asyncio.gather(*waiting.values()), strict=True))
+            except Exception as exc:  # computed: a re-run collects the results
+                for pending in waiting.values():
+                    pending.cancel()
+                run_logger().error("collecting the results of a batch failed: %s", type(exc).__name__)
+                note = f"collecting results failed: {exc}; re-run to collect them"
+                return [
+                    o.settle("failed", note, pending=True) if o.status == "submitted" else o for o in outcomes
+                ]
+            return [finished.get(o.unit, o) for o in outcomes]
+        finally:
+            # One write for the batch's results (a crash before it only means polling those again on a re-run).
+            await journal.append(*records)
 
-        async def check(i: int) -> None:
-            analysis = pending[i]
-            async with limit:
-                try:
-                    if isinstance(analysis, V1Analysis):
-                        results = await client.get_results_v1(
-                            analysis.dataset_id, analysis.subject_id, analysis.batch_id, analysis.image_id
-                        )
-                        if results:
-                            outcomes[i] = _v1_outcome(items[i], analysis, results)
-                    else:
-                        v3 = await client.get_results_v3(analysis.batch_id)
-                        if v3.all_algorithms_calculated:
-                            outcomes[i] = _v3_outcome(items[i], analysis, v3)
-                except ApiError as exc:
-                    if not exc.retryable:  # a transient failure is simply polled again next round
-                        finish(i, "failed", str(exc))
-            if outcomes[i] is not None:
-                del pending[i]
-
-        await asyncio.gather(*(submit(i, item) for i, item in enumerate(items)))
-        poll = client.poll_settings(initial_delay=initial_delay, max_delay=max_delay, timeout=timeout)
-        delays = poll.delays()
-        started = client.clock.monotonic()
-        while pending:
-            remaining = poll.timeout - (client.clock.monotonic() - started)
-            if remaining <= 0:
-                for i, analysis in pending.items():
-                    ids = (
-                        [analysis.image_id]
-                        if isinstance(analysis, V1Analysis)
-                        else analysis.image_ids.values()
-                    )
-                    outcomes[i] = HautOutcome(
-                        key=items[i].key,
-                        subject_id=items[i].subject_id,
-                        status="failed",
-                        batch_id=analysis.batch_id,
-                        image_ids=list(ids),
-                        error=f"results not ready after {poll.timeout:g} s; they may still arrive",
-                    )
-                break
-            await client.clock.sleep(min(next(delays), remaining))
-            await asyncio.gather(*(check(i) for i in list(pending)))
-    assert all(o is not None for o in outcomes), "every item ends as done, failed or rejected"
-    return outcomes  # type: ignore[return-value]
+    return await creds.session().within(on_session)

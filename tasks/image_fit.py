@@ -2,7 +2,7 @@
 
 Plain synchronous CPU work with no Prefect import. Pillow's JPEG encoder holds the GIL, so two threads never
 encode at once and an encoding thread starves the event loop: for many images use a process pool
-(``tasks.fit_pool.FitPool``); for a few, ``await asyncio.to_thread(fit_to_byte_limit, data, 204_800)``.
+(the snapshot harvest's ``FitPool``); for a few, ``await asyncio.to_thread(fit_to_byte_limit, data, 204_800)``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Opening untrusted image bytes with Pillow: sniff the format, refuse bombs, probe, validate, turn upright.
 
-Plain synchronous functions with no Prefect import, so worker processes (``tasks.fit_pool``) load them fast.
+Plain synchronous functions with no Prefect import, so worker processes (the snapshot harvest's ``FitPool``) load them fast.
 Untrusted bytes never crash a run: unknown formats, decompression bombs and truncated or corrupt files raise
 ``InputError`` (field "image"). Formats are decided by content (magic bytes), never by file name.
 """

@@ -3,8 +3,8 @@
 The plain functions live in two modules without Prefect (so worker processes import them fast) and are
 re-exported here: ``tasks.image_io`` (opening untrusted bytes: formats by content, bombs, truncation, EXIF
 orientation) and ``tasks.image_fit`` (re-encoding: ``fit_to_byte_limit``, ``downscale_to_max_side``). They
-are synchronous CPU work: from async code call them through ``tasks.fit_pool.FitPool`` (processes: Pillow's
-encoder holds the GIL) or ``asyncio.to_thread`` for a few images. The @task wrappers below take a batch of
+are synchronous CPU work: from async code call them in worker processes (Pillow's encoder holds the GIL; the
+snapshot harvest's ``FitPool``) or ``asyncio.to_thread`` for a few images. The @task wrappers below take a batch of
 images and report each one as done or rejected, in input order.
 """
 

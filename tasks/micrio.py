@@ -1,9 +1,11 @@
 """Prefect tasks for Micrio: one per API call, plus two coarse batch tasks for large migrations.
 
-Each task accepts a ``MicrioCredentials`` block or the name of a saved one. The batch tasks keep task runs
-proportional to batches, not images: ``add_micrio_batch`` is one ``images/add`` call per batch and
-``poll_micrio_images`` polls any number of ids (in ≤ 100-id calls) in one task run. Keeping a journal and
-deciding what to add again is the flow's job.
+Each task accepts a ``MicrioCredentials`` block or the name of a saved one, and calls Micrio through the
+block's process-wide session (``creds.session()``): one client, pool and set of retries per account, shared
+by every task of the process. The batch tasks keep task runs proportional to batches, not images:
+``add_micrio_batch`` adds a batch with one ``images/add`` call and ``await_micrio_progress`` waits for any
+number of images to finish in one task run. Keeping a journal and deciding what to add again is the flow's
+job (``flows/micrio_migration``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from clients.micrio import (
     FolderType,
     ImageSource,
     ImageStatusReport,
+    MicrioClient,
     check_folder_id,
     check_image_ids,
     check_source,
@@ -77,7 +80,7 @@ async def add_micrio_images(
 async def get_micrio_image_status(credentials: Credentials, image_ids: list[str]) -> ImageStatusReport:
     """Processing status of up to 100 images (one ``image/status`` call); unknown ids are in ``missing``.
 
-    For more ids use ``poll_micrio_images``.
+    To wait for any number of images to finish, use ``await_micrio_progress``.
 
     Example:
         ```python
@@ -87,7 +90,7 @@ async def get_micrio_image_status(credentials: Credentials, image_ids: list[str]
     ids = check_image_ids(image_ids)
     if len(ids) > MAX_STATUS_IDS:
         raise InputError(
-            "image_ids", f"has {len(ids)} ids", f"at most {MAX_STATUS_IDS}; use poll_micrio_images"
+            "image_ids", f"has {len(ids)} ids", f"at most {MAX_STATUS_IDS}; use await_micrio_progress"
         )
     creds = await MicrioCredentials.resolve(credentials)
     async with creds.session() as client:
@@ -167,7 +170,7 @@ async def add_micrio_batch(
             valid.append((i, check_source(source, i)))
         except InputError as exc:
             outcomes[i] = AddOutcome(index=i, status="rejected", error=str(exc))
-    async with creds.get_client() as client:
+    async with creds.session() as client:
         for start in range(0, len(valid), client.max_batch):
             chunk = valid[start : start + client.max_batch]
             try:
@@ -187,24 +190,6 @@ async def add_micrio_batch(
     return [o for o in outcomes if o is not None]
 
 
-@task(name="micrio-poll-images")
-async def poll_micrio_images(credentials: Credentials, image_ids: list[str]) -> ImageStatusReport:
-    """Poll any number of images in one task run (``image/status`` calls of ≤ 100 ids, a few at once).
-
-    ``report.statuses`` maps id → status in input order; ``report.pending`` lists ids still processing;
-    ``report.missing`` the ids Micrio does not know.
-
-    Example:
-        ```python
-        report = await poll_micrio_images("my-micrio", journal.pending_ids())
-        ready = report.ids_with("ready")
-        ```
-    """
-    creds = await MicrioCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.image_status(image_ids)
-
-
 @task(name="micrio-await-progress")
 async def await_micrio_progress(
     credentials: Credentials,
@@ -221,7 +206,8 @@ async def await_micrio_progress(
     have finished, and only those are asked about with ``image/status`` (≤ 100 ids a call), once each. So
     a migration costs about one status call per 100 images plus one per round. Rounds back off from
     ``poll_initial`` to ``poll_max`` seconds while nothing changes. Returns after ``max_wait`` seconds with
-    whatever finished (possibly nothing), so the flow can report progress.
+    whatever finished (possibly nothing), so the flow can report progress. ``report.missing`` lists the
+    finished ids Micrio does not know.
 
     Example:
         ```python
@@ -230,22 +216,36 @@ async def await_micrio_progress(
         ```
     """
     creds = await MicrioCredentials.resolve(credentials)
+    async with creds.session() as client:  # the whole wait runs on the session's loop, no hop per call
+        return await client.within(
+            _await_progress, folder_id, image_ids, min_finished, max_wait, poll_initial, poll_max
+        )
+
+
+async def _await_progress(
+    client: MicrioClient,
+    folder_id: str,
+    image_ids: list[str],
+    min_finished: int,
+    max_wait: float,
+    poll_initial: float,
+    poll_max: float,
+) -> ImageStatusReport:
     wanted = set(image_ids)
     needed = max(1, min(min_finished, len(wanted)))
-    async with creds.get_client() as client:
-        clock = client.clock
-        started = clock.monotonic()
-        interval = poll_initial
-        finished: set[str] = set()
-        while wanted:
-            folder = await client.folder_status(folder_id)
-            newly = wanted - set(folder.processing_ids) - finished
-            finished |= newly
-            waited = clock.monotonic() - started
-            if len(finished) >= needed or (finished and waited + interval > max_wait):
-                break
-            if waited + interval > max_wait:
-                return ImageStatusReport()
-            interval = poll_initial if newly else min(poll_max, interval * 1.5)
-            await clock.sleep(interval)
-        return await client.image_status([i for i in image_ids if i in finished])
+    clock = client.clock
+    started = clock.monotonic()
+    interval = poll_initial
+    finished: set[str] = set()
+    while wanted:
+        folder = await client.folder_status(folder_id)
+        newly = wanted - set(folder.processing_ids) - finished
+        finished |= newly
+        waited = clock.monotonic() - started
+        if len(finished) >= needed or (finished and waited + interval > max_wait):
+            break
+        if waited + interval > max_wait:
+            return ImageStatusReport()
+        interval = poll_initial if newly else min(poll_max, interval * 1.5)
+        await clock.sleep(interval)
+    return await client.image_status([i for i in image_ids if i in finished])

@@ -1,16 +1,26 @@
-"""Prefect tasks for Miniviz: one per API call, plus a batch task for many data events."""
+"""Prefect tasks for Miniviz: one per API call, plus ``send_miniviz_data_batch`` for many data events.
+
+Every task goes through the account's process-wide session (``creds.session()``, ``clients/session.py``), so
+tasks composed in any flow share one client: its pacing (no 429 of our own making) and its connections.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, Protocol, TypeVar
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from blocks.miniviz import MinivizCredentials
-from clients.errors import ApiError, InputError
+from clients.errors import ApiError, AuthError, InputError, NotFoundError
 from clients.miniviz import EventAck, PayloadValue, StoredImage
+from tasks.journal import Journal
+
+T = TypeVar("T")
 
 
 @task(name="miniviz-send-data")
@@ -66,25 +76,294 @@ async def get_miniviz_image(credentials: MinivizCredentials | str, event_id: str
         return await client.get_image(event_id)
 
 
+class DataEvent(Protocol):
+    """A data event as an object (a dataclass, say); a mapping with these keys works as well. ``seq`` (an
+    integer the caller recognises the event by) is needed only when the sender journals acknowledgements."""
+
+    label_key: str
+    payload: dict[str, PayloadValue]
+    timestamp: int | None
+
+
 class EventOutcome(BaseModel):
-    """What became of one event of a batch: ``done`` (with its Miniviz id), ``rejected`` or ``failed``."""
+    """What became of one event of a batch, by its ``index`` in the batch.
+
+    ``done``: Miniviz acknowledged it (``event_id``). ``rejected``: the event itself is invalid (a documented
+    rule, checked before sending, or Miniviz's 400/413/422): sending it again cannot help. ``failed``: it did
+    not go through after the client's retries (a later try may); ``error`` says why.
+    """
 
     index: int
-    status: str
+    status: Literal["done", "rejected", "failed"]
     event_id: str | None = None
     error: str | None = None
 
 
-@task(name="miniviz-send-data-batch")
-async def send_miniviz_data_batch(
-    credentials: MinivizCredentials | str,
-    events: list[dict[str, Any]],
-    concurrency: int = 8,
-) -> list[EventOutcome]:
-    """Send many data events (``{"label_key", "payload", "timestamp"}``) in one task run.
+class SendingStopped(RuntimeError):
+    """Sending cannot go on: Miniviz refused the token or the project, or too many events failed in a row.
+    Everything acknowledged before is journaled (with a journal), so a later run can resume."""
 
-    Paced at the project's interval; concurrent when the interval is 0. Every event ends as done,
-    rejected (a documented constraint was broken: nothing was sent) or failed (with the error).
+
+class MinivizDataSender:
+    """Sends data events through one Miniviz client, for as many batches as are given to it, even at once.
+
+    - **Pacing is the client's.** With a data interval, one event at a time, each request leaving one interval
+      after the previous answer began to arrive, timed at the socket (``clients/wire.py``): no 429. With
+      interval 0, up to ``max_in_flight`` at once over all batches together, over the client's transport (a
+      session's spreads them over one-connection pools: ``clients/spread.py``).
+    - **On a session** (``creds.session()``), each batch runs whole on the session's event loop
+      (``SessionClient.within``), so its requests pay no hop between threads.
+    - **With a journal**, an event is in flight from the moment it is sent until its acknowledgement is durably
+      in the journal, as ``{"t": "sent", "f": <batch key>, "r": [[first seq, end), ...]}``; only then does it
+      free its slot. After a crash at any instant, at most ``max_in_flight`` events Miniviz accepted are missing
+      from the journal: the only ones a resuming run can send twice. One background committer appends in a
+      worker thread; the acknowledgements that arrive meanwhile go together in the next append (group commit),
+      and when paced the append overlaps the wait for the next slot. ``record`` journals the caller's own
+      records through the same committer, in order with the acknowledgements.
+    - **Every event gets an outcome** (``EventOutcome``). A refused token or unknown project, or
+      ``max_consecutive_failures`` failures in a row, raise ``SendingStopped``.
+
+    ``progress``, if given, is any object whose ``sent`` and ``failed`` counters should grow as events finish
+    (a progress display reads them). Call ``aclose()`` when done: it stops the committer.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        max_in_flight: int = 1,
+        *,
+        journal: Journal | None = None,
+        max_consecutive_failures: int | None = None,
+        progress: Any = None,
+    ) -> None:
+        self.client = client
+        self.journal = journal
+        self.max_in_flight = max(1, max_in_flight)
+        self.max_consecutive_failures = max_consecutive_failures
+        self.progress = progress
+        self.consecutive_failures = 0
+        self.commits = 0  # group commits to the journal, and the time they took
+        self.commit_seconds = 0.0
+        self.commit_seconds_max = 0.0
+        self._slots: asyncio.Semaphore | None = None
+        self._acks: list[tuple[str, int]] = []
+        self._records: list[dict[str, Any]] = []
+        self._commit_done: asyncio.Future | None = None
+        self._wake: asyncio.Event | None = None
+        self._committer: asyncio.Task | None = None
+        self._closing = False
+        self._broken: BaseException | None = None
+
+    async def send(
+        self, events: Sequence[Mapping[str, Any] | DataEvent], key: str = ""
+    ) -> list[EventOutcome]:
+        """Send ``events``; returns their outcomes once each is acknowledged (and journaled under ``key``) or
+        not sent."""
+        return await self._on_client_loop(self._send, events, key)
+
+    async def record(self, *records: dict[str, Any]) -> None:
+        """Append the caller's own records to the journal, durably, in order with the acknowledgements."""
+        if self.journal is None:
+            raise ValueError("this sender has no journal")
+        await self._on_client_loop(self._record, records)
+
+    async def aclose(self) -> None:
+        """Stop the committer once everything acknowledged is journaled."""
+        if self._committer is not None:
+            await self._on_client_loop(self._close)
+
+    def journal_figures(self) -> dict[str, float]:
+        """How the group commits went: how many, mean and slowest (ms)."""
+        n = max(1, self.commits)
+        return {
+            "journal_commits": self.commits,
+            "mean_commit_ms": round(self.commit_seconds / n * 1000, 3),
+            "max_commit_ms": round(self.commit_seconds_max * 1000, 3),
+        }
+
+    async def _on_client_loop(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``fn(client, *args)`` where the client's requests run: whole on a session's loop, or right here."""
+        within = getattr(self.client, "within", None)
+        if within is not None:
+            return await within(fn, *args)
+        return await fn(self.client, *args)
+
+    async def _send(self, client: Any, events: Sequence[Any], key: str) -> list[EventOutcome]:
+        self._start()
+        outcomes: list[Any] = [None] * len(events)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for index, event in enumerate(events):
+                    group.create_task(self._one(client, key, index, event, outcomes))
+        except BaseExceptionGroup as group_error:
+            raise _first_leaf(group_error) from None
+        return outcomes
+
+    async def _one(self, client: Any, key: str, index: int, event: Any, outcomes: list[Any]) -> None:
+        label_key, payload, timestamp, seq = _event_fields(event)
+        missing = [name for name, value in (("label_key", label_key), ("payload", payload)) if value is None]
+        if self.journal is not None and seq is None:
+            missing.append("seq (needed to journal it)")
+        if missing:
+            outcomes[index] = self._not_sent(index, InputError("event", f"has no {' or '.join(missing)}"))
+            return
+        async with self._slots:
+            try:
+                ack = await client.send_data(label_key, payload, timestamp)
+            except (AuthError, NotFoundError) as exc:
+                raise SendingStopped(f"Miniviz refused the project or token: {exc}") from None
+            except (ApiError, InputError) as exc:
+                outcomes[index] = self._not_sent(index, exc)
+                return
+            self.consecutive_failures = 0
+            if self.journal is not None:
+                self._acks.append((key, seq))
+                await self._durable()
+            outcomes[index] = EventOutcome(index=index, status="done", event_id=ack.id)
+            if self.progress is not None:
+                self.progress.sent += 1
+
+    def _not_sent(self, index: int, exc: Exception) -> EventOutcome:
+        outcome = EventOutcome(index=index, status="rejected" if _invalid(exc) else "failed", error=str(exc))
+        if self.progress is not None:
+            self.progress.failed += 1
+        self.consecutive_failures += 1
+        limit = self.max_consecutive_failures
+        if limit is not None and self.consecutive_failures >= limit:
+            raise SendingStopped(
+                f"{self.consecutive_failures} events failed in a row (last: {exc}); stopping so a later "
+                "run can resume"
+            )
+        return outcome
+
+    async def _record(self, _client: Any, records: tuple[dict[str, Any], ...]) -> None:
+        self._start()
+        self._records.extend(records)
+        await self._durable()
+
+    def _start(self) -> None:
+        """Create the slots and the committer on the loop that runs the batches (the first call's)."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_in_flight)
+        if self._committer is None and self.journal is not None:
+            loop = asyncio.get_running_loop()
+            self._wake = asyncio.Event()
+            self._commit_done = loop.create_future()
+            self._closing = False
+            self._committer = loop.create_task(self._commit_loop())
+
+    async def _durable(self) -> None:
+        """Wait until everything queued for the journal so far is in it."""
+        if self._broken is not None:
+            raise self._broken
+        done = self._commit_done
+        self._wake.set()
+        await asyncio.shield(done)
+
+    async def _close(self, _client: Any) -> None:
+        self._closing = True
+        self._wake.set()
+        try:
+            await self._committer
+        except Exception:
+            if self._broken is None:
+                raise  # otherwise every waiter already got the journal's error
+        finally:
+            self._committer = None
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._acks and not self._records:
+                if self._closing:
+                    return
+                continue
+            (acks, self._acks), (records, self._records) = (self._acks, []), (self._records, [])
+            done, self._commit_done = self._commit_done, loop.create_future()
+            by_key: dict[str, list[int]] = {}
+            for key, seq in acks:
+                by_key.setdefault(key, []).append(seq)
+            records += [{"t": "sent", "f": key, "r": seq_ranges(seqs)} for key, seqs in by_key.items()]
+            started = time.perf_counter()
+            try:
+                await asyncio.to_thread(self.journal.append, *records)  # fsync or S3 PUT: off the loop
+            except BaseException as exc:
+                self._broken = exc  # nothing can be made durable any more: every waiter fails
+                for future in (done, self._commit_done):
+                    if not future.done():
+                        future.set_exception(exc)
+                        future.exception()  # retrieved: no "never retrieved" warning if nobody waits
+                raise
+            took = time.perf_counter() - started
+            self.commits += 1
+            self.commit_seconds += took
+            self.commit_seconds_max = max(self.commit_seconds_max, took)
+            done.set_result(None)
+            if self._acks or self._records:
+                self._wake.set()
+
+
+def seq_ranges(seqs: Iterable[int]) -> list[list[int]]:
+    """Sequence numbers as sorted half-open ranges, as the journal stores them: [3, 4, 5, 9] -> [[3, 6], [9, 10]]."""
+    out: list[list[int]] = []
+    for s in sorted(seqs):
+        if out and out[-1][1] == s:
+            out[-1][1] = s + 1
+        else:
+            out.append([s, s + 1])
+    return out
+
+
+def _event_fields(event: Any) -> tuple[Any, Any, Any, Any]:
+    """(label_key, payload, timestamp, seq) of a mapping or an object; None where missing."""
+    if isinstance(event, Mapping):
+        return event.get("label_key"), event.get("payload"), event.get("timestamp"), event.get("seq")
+    return tuple(getattr(event, name, None) for name in ("label_key", "payload", "timestamp", "seq"))
+
+
+def _invalid(exc: Exception) -> bool:
+    """The event itself is invalid for Miniviz (a documented rule, or the service's 400/413/422): rejected."""
+    if isinstance(exc, InputError):
+        return True
+    return isinstance(exc, ApiError) and exc.status in (400, 413, 422) and not exc.retryable
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    """The exception that matters in a (nested) exception group: a ``SendingStopped`` if there is one."""
+    leaves: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for inner in e.exceptions:
+                walk(inner)
+        else:
+            leaves.append(e)
+
+    walk(error)
+    stopped = [e for e in leaves if isinstance(e, SendingStopped)]
+    return (stopped or leaves)[0]
+
+
+@task(name="miniviz-send-data-batch", cache_policy=NO_CACHE)
+async def send_miniviz_data_batch(
+    credentials: MinivizCredentials | str | MinivizDataSender,
+    events: Sequence[Mapping[str, Any] | DataEvent],
+    concurrency: int = 8,
+    key: str = "",
+) -> list[EventOutcome]:
+    """Send many data events (``{"label_key", "payload", "timestamp"}`` mappings or objects) in one task run.
+
+    Paced at the project's interval (timed at the socket: no 429); up to ``concurrency`` at once when the
+    interval is 0. Returns one ``EventOutcome`` per event, in order: ``done`` (with its Miniviz id),
+    ``rejected`` (invalid: fix the event) or ``failed`` (with the error). A refused token or unknown project
+    raises ``SendingStopped``.
+
+    ``credentials`` is a block or a saved block's name (the batch goes through the account's process-wide
+    session), or a ``MinivizDataSender`` that several batches share: its in-flight bound, journal (each
+    acknowledgement journaled under ``key`` before its slot is freed) and stop rule then hold across them, and
+    ``concurrency`` is the sender's.
 
     Example:
         ```python
@@ -93,21 +372,8 @@ async def send_miniviz_data_batch(
         ])
         ```
     """
+    if isinstance(credentials, MinivizDataSender):
+        return await credentials.send(events, key)
     creds = await MinivizCredentials.resolve(credentials)
-    limit = asyncio.Semaphore(max(1, concurrency))
-
-    async def one(client, index: int, event: dict[str, Any]) -> EventOutcome:
-        missing = [k for k in ("label_key", "payload") if k not in event]
-        if missing:
-            return EventOutcome(index=index, status="rejected", error=f"event has no {' or '.join(missing)}")
-        async with limit:
-            try:
-                ack = await client.send_data(event["label_key"], event["payload"], event.get("timestamp"))
-                return EventOutcome(index=index, status="done", event_id=ack.id)
-            except InputError as exc:
-                return EventOutcome(index=index, status="rejected", error=str(exc))
-            except ApiError as exc:
-                return EventOutcome(index=index, status="failed", error=str(exc))
-
-    async with creds.session() as client:
-        return list(await asyncio.gather(*(one(client, i, e) for i, e in enumerate(events))))
+    sender = MinivizDataSender(creds.session(), concurrency)
+    return await sender.send(events, key)

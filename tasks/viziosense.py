@@ -1,4 +1,5 @@
-"""Prefect tasks for VizioSense: one per API call, plus a batch task that harvests snapshots from many cameras.
+"""Prefect tasks for VizioSense: one per API call, plus the batch task that takes snapshots from many cameras
+(``harvest_viziosense_snapshots``, what the snapshot harvest flow runs per batch of cameras).
 
 Each task accepts a ``VizioSenseCredentials`` block or the name of a saved one. With email + password
 credentials the task runs of one process share one login; an API key needs no login and is the better
@@ -8,11 +9,13 @@ choice for flows.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Literal
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from blocks.viziosense import VizioSenseCredentials
@@ -228,21 +231,36 @@ class SnapshotOutcome(BaseModel):
     requested_at: datetime | None = None
     ready_at: datetime | None = None
     seconds: float | None = None  # from sending the request to the last image's arrival
+    seconds_request: float | None = None  # the image request call itself
+    seconds_download: float | None = None  # the downloads, from the ready time (polls included)
+    polls: int = 0  # image fetches made (one per image when it was served at the first try)
     error: str | None = None
     error_status: int | None = None
     retryable: bool = False
 
 
+class SnapshotLimits:
+    """Bounds shared by every batch of one run, from the run's event loop: ``calls`` VizioSense requests and
+    downloads in flight, ``holding`` cameras holding image bytes (from download to the end of ``on_snapshot``,
+    so memory stays bounded and a slow consumer slows the downloads down)."""
+
+    def __init__(self, concurrency: int = 16, holding: int | None = None) -> None:
+        self.calls = asyncio.Semaphore(max(1, concurrency))
+        self.holding = asyncio.Semaphore(max(1, holding or 2 * concurrency))
+
+
 def _fail(outcome: SnapshotOutcome, exc: Exception, what: str) -> None:
-    """Record a failure (both images may fail: messages are joined)."""
+    """Record a failure (both images may fail: messages are joined); ``what`` names the step unless the
+    client's error already does."""
     text = redact(exc) if isinstance(exc, ApiError | InputError) else f"{type(exc).__name__}: {redact(exc)}"
+    text = text if isinstance(exc, ApiError) else f"{what}: {text}"
     outcome.status = "rejected" if isinstance(exc, InputError) else "failed"
-    outcome.error = "; ".join(filter(None, [outcome.error, f"{what}: {text}"]))
+    outcome.error = "; ".join(filter(None, [outcome.error, text]))
     outcome.error_status = outcome.error_status or getattr(exc, "status", None)
     outcome.retryable = outcome.retryable or bool(getattr(exc, "retryable", False))
 
 
-@task(name="viziosense-harvest-snapshots")
+@task(name="viziosense-harvest-snapshots", cache_policy=NO_CACHE)
 async def harvest_viziosense_snapshots(
     credentials: VizioSenseCredentials | str,
     device_uuids: list[str],
@@ -251,16 +269,22 @@ async def harvest_viziosense_snapshots(
     ready_after: float = IMAGE_READY_AFTER_S,
     poll_interval: float = DEFAULT_POLL_INTERVAL_S,
     timeout: float = DEFAULT_IMAGE_TIMEOUT_S,
+    on_snapshot: Callable[[SnapshotOutcome], Awaitable[None]] | None = None,
+    limits: SnapshotLimits | None = None,
 ) -> list[SnapshotOutcome]:
-    """Take a snapshot on many cameras and download the images, in one task run and with one client.
+    """Take a snapshot on many cameras and download the images, in one task run, on the account's session.
 
-    1. requests an image from every camera, ``concurrency`` at a time;
-    2. waits once, until the last request's documented ready time (``ready_after``, 20 s);
-    3. downloads ``kinds`` (default raw and annotated) of every request, ``concurrency`` at a time, polling
-       links that are not served yet (``poll_interval``, up to ``timeout`` past the ready time).
+    Each camera, concurrently: request an image (``concurrency`` calls in flight), sleep until its documented
+    ready time (``ready_after``, 20 s), download ``kinds`` (default raw and annotated), polling a link not
+    served yet (``poll_interval``, up to ``timeout`` past the ready time).
 
-    Returns one outcome per input uuid, in input order; never raises for a single camera. Images are held in
-    memory (~0.3 MB each at 1280x720), so split very large fleets into batches of a few hundred cameras.
+    Returns one outcome per input uuid, in input order; never raises for a single camera. Without
+    ``on_snapshot`` the images stay in the outcomes (~0.3 MB each at 1280x720): split large fleets into
+    batches of a few hundred cameras. With it, each camera asked is handed to ``await on_snapshot(outcome)``
+    as soon as it is finished with VizioSense (its images, or the error), and its images are dropped from the
+    outcome afterwards: a pipeline stores or pushes each camera while the others download, with at most
+    ``2 * concurrency`` cameras holding images. ``limits`` (``SnapshotLimits``) replaces ``concurrency`` to
+    share the bounds between batches run at once. An exception in ``on_snapshot`` fails that camera only.
 
     Example:
         ```python
@@ -273,7 +297,7 @@ async def harvest_viziosense_snapshots(
         raise InputError("kinds", f"{kinds} not allowed", "raw and/or annotated")
     check_image_wait(ready_after, poll_interval, timeout)
     creds = await VizioSenseCredentials.resolve(credentials)
-    limit = asyncio.Semaphore(max(1, concurrency))
+    limits = limits or SnapshotLimits(concurrency)
     outcomes = [
         SnapshotOutcome(index=i, device_uuid=str(u), status="done") for i, u in enumerate(device_uuids)
     ]
@@ -291,24 +315,25 @@ async def harvest_viziosense_snapshots(
             first_index[uuid] = outcome.index
             todo.append(outcome)
 
-    async with creds.session() as client:
-        requests = await asyncio.gather(*(_request_one(client, o, limit, ready_after) for o in todo))
-        pending = [(o, r) for o, r in zip(todo, requests, strict=True) if r is not None]
-        if pending:
-            wait = max(r.ready_at.timestamp() for _, r in pending) - client.clock.time()
-            if wait > 0:
+    client = creds.session()
+
+    async def camera(outcome: SnapshotOutcome) -> None:
+        request = await _request_one(client, outcome, limits.calls, ready_after)
+        if request is not None:
+            wait = request.ready_at.timestamp() - client.clock.time()
+            if wait > 0:  # the documented floor: sleep without holding any slot
                 await client.clock.sleep(wait)
-        await asyncio.gather(
-            *(
-                _download_one(client, o, r, kind, limit, poll_interval, timeout)
-                for o, r in pending
-                for kind in kinds
-            )
-        )
-    for outcome in outcomes:
-        if outcome.status == "done" and outcome.requested_at is not None:
-            fetched = [s.fetched_at for s in (outcome.raw, outcome.annotated) if s is not None]
-            outcome.seconds = (max(fetched) - outcome.requested_at).total_seconds() if fetched else None
+        async with limits.holding:
+            if request is not None:
+                await _download(client, outcome, request, kinds, limits.calls, poll_interval, timeout)
+            if on_snapshot is not None:
+                try:
+                    await on_snapshot(outcome)
+                except Exception as exc:  # the consumer's problem with one camera: that camera fails
+                    _fail(outcome, exc, "on_snapshot")
+                outcome.raw = outcome.annotated = None
+
+    await asyncio.gather(*(camera(o) for o in todo))
     return outcomes
 
 
@@ -318,29 +343,44 @@ async def _request_one(
     limit: asyncio.Semaphore,
     ready_after: float,
 ) -> ImageRequest | None:
+    started = time.monotonic()
     async with limit:
         try:
             request = await client.request_image(outcome.device_uuid, ready_after=ready_after)
         except Exception as exc:  # one camera's problem never fails the batch
             _fail(outcome, exc, "request_image")
             return None
+        finally:
+            outcome.seconds_request = round(time.monotonic() - started, 3)
     outcome.requested_at, outcome.ready_at = request.requested_at, request.ready_at
     return request
 
 
-async def _download_one(
+async def _download(
     client: VizioSenseClient,
     outcome: SnapshotOutcome,
     request: ImageRequest,
-    kind: ImageKind,
+    kinds: list[ImageKind],
     limit: asyncio.Semaphore,
     poll_interval: float,
     timeout: float,
 ) -> None:
-    async with limit:
-        try:
-            snapshot = await client.fetch_image(request, kind, poll_interval=poll_interval, timeout=timeout)
-        except Exception as exc:
-            _fail(outcome, exc, f"fetch_image({kind})")
-            return
-    setattr(outcome, kind, snapshot)
+    started = time.monotonic()
+
+    async def one(kind: ImageKind) -> None:
+        async with limit:
+            try:
+                snapshot = await client.fetch_image(
+                    request, kind, poll_interval=poll_interval, timeout=timeout
+                )
+            except Exception as exc:
+                _fail(outcome, exc, f"fetch_image({kind})")
+                return
+        setattr(outcome, kind, snapshot)
+
+    await asyncio.gather(*(one(kind) for kind in kinds))
+    outcome.seconds_download = round(time.monotonic() - started, 3)
+    snapshots = [s for s in (outcome.raw, outcome.annotated) if s is not None]
+    outcome.polls = sum(s.polls for s in snapshots)
+    if snapshots:
+        outcome.seconds = (max(s.fetched_at for s in snapshots) - request.requested_at).total_seconds()

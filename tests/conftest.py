@@ -37,6 +37,13 @@ def start_service(
     )
 
 
+@pytest.fixture(autouse=True)
+def _own_pacing_dir(tmp_path_factory, monkeypatch):
+    """Each test paces Miniviz with its own shared pacing files (clients/shared_pacing.py), as a fresh machine:
+    an emulator reset between tests forgets what was sent, and so must the pacing."""
+    monkeypatch.setenv("PIPELINES_PACING_DIR", str(tmp_path_factory.mktemp("pacing")))
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server for the whole session (≈10 s to start): only for tests that need it."""

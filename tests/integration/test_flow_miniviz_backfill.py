@@ -34,7 +34,7 @@ from blocks import MinivizCredentials
 from demo.setup import emulator_aws_credentials
 from emulators.launcher import running_emulators
 from flows.miniviz_backfill import miniviz_backfill
-from tasks.backfill import FatalSendError
+from tasks.miniviz import SendingStopped
 from tasks.run_state import IncompleteRun
 from tests.conftest import TEST_TIME_SCALE
 
@@ -484,7 +484,7 @@ async def test_a_refused_token_fails_the_run_and_still_writes_the_report(svc, bl
     )
     assert state.is_failed()
     error = await state.result(raise_on_failure=False)
-    assert isinstance(error, FatalSendError) and "refused the project or token" in str(error)
+    assert isinstance(error, SendingStopped) and "refused the project or token" in str(error)
     assert "403" in str(error) and "wrong-token-123" not in str(error) + str(state.message)
     assert pd.read_csv(tmp_path / "r.csv").status.tolist() == ["pending"]
 
@@ -592,7 +592,6 @@ async def test_empty_sources_end_the_run_failed(svc, blocks, tmp_path):
 KILL_SCRIPT = """
 import asyncio, json, sys
 from flows.miniviz_backfill import miniviz_backfill
-from tasks.backfill import FatalSendError
 asyncio.run(miniviz_backfill(**json.loads(sys.argv[1])))
 """
 

@@ -409,6 +409,42 @@ async def test_results_timeout_then_rerun_collects_without_uploading(emu, blocks
     assert after["upload"] == first["upload"] == 3 and after["compute"] == first["compute"] == 3
 
 
+async def test_300_images_with_a_login_block_log_in_once(emu, blocks, tmp_path):
+    """The vendor warns that logging in per request gets an account blocked (its emulator throttles logins):
+    the run's batches, subjects, dataset and GDPR deletes all go through the account's one session."""
+    svc = emu["haut"]
+    c = svc.credentials
+    login = HautCredentials(
+        base_url=svc.url,
+        company_id=c["company_id"],
+        username=c["username"],
+        password=SecretStr(c["password"]),
+    )
+    await login.asave("skin-test-login", overwrite=True)
+    selfie = face(7, 256)
+    for i in range(300):  # one subject each: 300 analyses, 300 subjects
+        write(tmp_path / "in" / f"p{i:03d}" / "front.jpg", selfie)
+    params = {
+        **blocks,
+        **FAST,
+        "haut_block": "skin-test-login",
+        "source": str(tmp_path / "in"),
+        "upload": {"batch_size": 50, "parallel_batches": 4, "concurrency": 8},
+        "privacy": {"delete_photos": True},
+        "outputs": {"report": str(tmp_path / "r.csv"), "journal": str(tmp_path / "j.jsonl")},
+    }
+    summary, *_ = await run(**params)
+    assert (summary.done, summary.photos_deleted_subjects) == (300, 300)
+    got = counts(svc)["accepted"]
+    assert got["login"] == 1 and "refresh" not in got
+    assert got["compute"] == 300 and got["create_subject"] == 300 and got["delete_subject_photos"] == 300
+    # A second run in the process (resumed from the journal; it looks the dataset up) reuses the session.
+    again, *_ = await run(**{**params, "outputs": {**params["outputs"], "report": str(tmp_path / "r2.csv")}})
+    got = counts(svc)["accepted"]
+    assert again.resumed == 300 and got["login"] == 1
+    assert got["compute"] == 300 and got["create_subject"] == 300 and got["delete_subject_photos"] == 300
+
+
 async def test_a_run_where_nothing_can_be_analysed_fails_naming_the_error(emu, blocks, tmp_path):
     svc = emu["haut"]
     src = tmp_path / "in"

@@ -24,11 +24,12 @@ from pydantic import SecretStr
 
 from blocks import MinivizCredentials, VizioSenseCredentials
 from clients.miniviz import LABEL_KEY_RE, MAX_IMAGE_BYTES
+from clients.session import close_sessions
 from demo.setup import emulator_aws_credentials
 from emulators.launcher import running_emulators
-from flows.snapshot_harvest import harvest_snapshots
-from tasks import fit_pool
-from tasks.harvest import decode_metadata_value, slugify
+from flows.snapshot_harvest import fit_pool, harvest_snapshots
+from flows.snapshot_harvest.keys import decode_metadata_value
+from flows.snapshot_harvest.labels import slugify
 from tasks.run_state import IncompleteRun
 from tests.conftest import TEST_TIME_SCALE
 
@@ -65,6 +66,7 @@ def emu(tmp_path_factory):
 def _reset(emu):
     for service in emu.values():
         service.reset()
+    close_sessions()  # each test starts with fresh Miniviz pacers, as a new worker process would
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 
 import pytest
 from PIL import Image, ImageDraw
@@ -17,7 +16,6 @@ from clients.haut import HautClient, PollSettings, clear_shared_sessions
 from clients.haut_models import SubjectSpec, V1Analysis, face_scores
 from emulators.haut.results import V3_KEYS, metric_scores
 from tasks.haut import (
-    HautBatchItem,
     analyse_haut_batch,
     analyse_haut_image_v1,
     ensure_haut_dataset,
@@ -26,6 +24,7 @@ from tasks.haut import (
     list_haut_subjects,
     wait_for_haut_results_v1,
 )
+from tasks.haut_batch import AnalysisImage, AnalysisUnit
 from tests.conftest import TEST_TIME_SCALE, start_service
 from tests.images import png_bytes
 
@@ -433,78 +432,85 @@ async def test_thin_tasks_run_with_a_block(svc):
     assert isinstance(analysis, V1Analysis) and results and image.id == analysis.image_id
 
 
-async def test_batch_task_five_images_one_bad(svc):
+def analysis(folder, unit: int, subject: str, sides: dict[str, bytes], subject_id: str | None = None):
+    """An analysis of ``sides`` (side -> bytes), written to files under ``folder``."""
+    images = []
+    for n, (side, data) in enumerate(sides.items()):
+        path = folder / f"{unit}-{side}.jpg"
+        path.write_bytes(data)
+        images.append(AnalysisImage(item=unit * 10 + n, source=str(path), side=side))
+    return AnalysisUnit(unit=unit, subject=subject, subject_id=subject_id, images=images)
+
+
+def face_figures(outcome) -> dict[str, float]:
+    """Whole-face scores of a done analysis's metric rows (v1 ``<family>_score``, v3 ``score``)."""
+    return {
+        a: value
+        for a, area, metric, value, *_ in outcome.rows
+        if area == "face" and metric in (f"{a}_score", "score")
+    }
+
+
+async def test_batch_task_five_images_one_bad(svc, tmp_path):
     block = creds(svc)
     ds = await ensure_haut_dataset.fn(block, "batch")
-    subjects = await ensure_haut_subjects.fn(block, ds.id, [f"b{i}" for i in range(5)])
     images = [face_jpeg(10 + i) for i in range(5)]
     images[2] = face_jpeg(size=128)  # too small: rejected before sending
-    items = [
-        HautBatchItem(key=f"img{i}.jpg", subject_id=s.id, image=d)
-        for i, (s, d) in enumerate(zip(subjects, images, strict=True))
-    ]
-    t0 = time.perf_counter()
-    outcomes = await analyse_haut_batch.fn(block, ds.id, items, concurrency=3)
-    assert time.perf_counter() - t0 < 10
-    assert [o.key for o in outcomes] == [i.key for i in items]
+    units = [analysis(tmp_path, i, f"b{i}", {"front": data}) for i, data in enumerate(images)]
+    outcomes = await analyse_haut_batch.fn(block, ds.id, units, concurrency=3)
+    assert [o.unit for o in outcomes] == [u.unit for u in units]
     assert [o.status for o in outcomes] == ["done", "done", "rejected", "done", "done"]
     assert "128×128 px" in outcomes[2].error and outcomes[2].batch_id is None
     for o, data in zip(outcomes, images, strict=True):
         if o.status == "done":
-            assert {k: o.scores[k] for k in metric_scores(data)} == metric_scores(data)
+            assert {f: face_figures(o)[f] for f in metric_scores(data)} == metric_scores(data)
     got = svc.received()
     assert got["accepted"]["upload"] == 4 and got["accepted"]["compute"] == 4 and got["duplicates"] == {}
+    assert got["accepted"]["create_subject"] == 4  # none for the rejected image
 
 
-async def test_batch_task_v3_and_failures(svc):
+async def test_batch_task_v3_and_failures(svc, tmp_path):
     block = creds(svc)
     ds = await ensure_haut_dataset.fn(block, "batch3", [FS3])
-    subjects = await ensure_haut_subjects.fn(block, ds.id, ["a", "b", "c"])
+    (gone,) = await ensure_haut_subjects.fn(block, ds.id, ["c"])
     async with block.get_client() as c:
-        await c.delete_subject(ds.id, subjects[2].id)
-    items = [
-        HautBatchItem(
-            key="a", subject_id=subjects[0].id, images={"front": face_jpeg(20), "left": face_jpeg(21)}
-        ),
-        HautBatchItem(key="b", subject_id=subjects[1].id, image=b"not an image"),
-        HautBatchItem(key="c", subject_id=subjects[2].id, image=face_jpeg(22)),
+        await c.delete_subject(ds.id, gone.id)
+    units = [
+        analysis(tmp_path, 1, "a", {"front": face_jpeg(20), "left": face_jpeg(21)}),
+        analysis(tmp_path, 2, "b", {"front": b"not an image"}),
+        analysis(tmp_path, 3, "c", {"front": face_jpeg(22)}, subject_id=gone.id),
     ]
-    outcomes = await analyse_haut_batch.fn(block, ds.id, items, api_version="v3")
+    outcomes = await analyse_haut_batch.fn(block, ds.id, units, api_version="v3")
     assert [o.status for o in outcomes] == ["done", "rejected", "failed"]
-    assert outcomes[0].scores["pores"] == metric_scores(face_jpeg(20))["pores"]
-    assert "images.front: is not a decodable image" in outcomes[1].error
+    assert face_figures(outcomes[0])["pores"] == metric_scores(face_jpeg(20))["pores"]
+    assert set(outcomes[0].image_ids) == {"front", "left"}
+    assert "not a recognised image format" in outcomes[1].error
     assert "HTTP 404" in outcomes[2].error
 
 
-async def test_batch_task_times_out_per_item(svc):
+async def test_batch_task_times_out_per_item(svc, tmp_path):
     block = creds(svc).model_copy(update={"results_timeout_seconds": 0.05})
     ds = await ensure_haut_dataset.fn(block, "slow")
-    (subject,) = await ensure_haut_subjects.fn(block, ds.id, ["s"])
-    outcomes = await analyse_haut_batch.fn(
-        block, ds.id, [HautBatchItem(key="k", subject_id=subject.id, image=face_jpeg())]
-    )
-    assert outcomes[0].status == "failed" and "not ready after 0.05 s" in outcomes[0].error
-    assert outcomes[0].batch_id and outcomes[0].image_ids
+    units = [analysis(tmp_path, 1, "s", {"front": face_jpeg()})]
+    (outcome,) = await analyse_haut_batch.fn(block, ds.id, units)
+    assert outcome.status == "failed" and outcome.pending and "not ready after 0.05 s" in outcome.error
+    assert outcome.batch_id and outcome.image_ids
 
 
-def test_batch_task_in_a_real_flow_run(svc, prefect_harness):
+def test_batch_task_in_a_real_flow_run(svc, prefect_harness, tmp_path):
     from prefect import flow
 
     block = creds(svc)
+    units = [analysis(tmp_path, i, f"f{i}", {"front": face_jpeg(30 + i)}) for i in (1, 2)]
 
     @flow
     async def analyse(dataset_name: str) -> list:
         ds = await ensure_haut_dataset(block, dataset_name)
-        subjects = await ensure_haut_subjects(block, ds.id, ["f1", "f2"])
-        items = [
-            HautBatchItem(key=s.name, subject_id=s.id, image=face_jpeg(30 + i))
-            for i, s in enumerate(subjects)
-        ]
-        return await analyse_haut_batch(block, ds.id, items)
+        return await analyse_haut_batch(block, ds.id, units)
 
     outcomes = asyncio.run(analyse("flow"))
-    assert [(o.key, o.status) for o in outcomes] == [("f1", "done"), ("f2", "done")]
-    assert outcomes[1].scores["hydration"] == metric_scores(face_jpeg(31))["hydration"]
+    assert [(o.unit, o.status) for o in outcomes] == [(1, "done"), (2, "done")]
+    assert face_figures(outcomes[1])["hydration"] == metric_scores(face_jpeg(32))["hydration"]
 
 
 def test_time_scale_is_what_the_fast_poll_assumes():

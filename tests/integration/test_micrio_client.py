@@ -1,4 +1,4 @@
-"""MicrioClient, block and tasks against the Micrio emulator over real HTTP.
+"""MicrioClient and its block against the Micrio emulator over real HTTP (the tasks: test_micrio_tasks.py).
 
 The originals live in the S3 emulator and are handed to Micrio as presigned GET URLs, as a migration from a
 bucket would do; the Micrio emulator really fetches them and reads their dimensions.
@@ -22,14 +22,6 @@ from clients.errors import ApiError, AuthError, NotFoundError, OutcomeUnknownErr
 from clients.micrio import FINAL_ERRORS, ImageStatusReport, MicrioClient
 from clients.transport import HttpSettings, RetryPolicy
 from emulators.launcher import running_emulators
-from tasks.micrio import (
-    add_micrio_batch,
-    add_micrio_images,
-    create_micrio_folder,
-    get_micrio_folder_status,
-    get_micrio_image_status,
-    poll_micrio_images,
-)
 from tests.conftest import TEST_TIME_SCALE
 
 pytestmark = pytest.mark.integration
@@ -235,51 +227,3 @@ async def test_a_wrong_api_key_is_an_auth_error_without_the_key(svc, caplog):
         and str(exc.value) == "micrio folder_status: HTTP 401: Invalid organisationId or apiKey"
     )
     assert wrong not in caplog.text and svc.credentials["api_key"] not in caplog.text
-
-
-async def test_single_call_tasks_with_a_block(svc, urls):
-    c = creds(svc)
-    folder = await create_micrio_folder.fn(c, root(svc), "From tasks", type="space")
-    added = await add_micrio_images.fn(c, folder.id, [{"sourceUrl": urls["photos/harbour.jpg"]}])
-    report = await get_micrio_image_status.fn(c, [added[0].id, "nobody"])
-    progress = await get_micrio_folder_status.fn(c, folder.id)
-    assert folder.type == "space" and added[0].name == "harbour.jpg"
-    assert list(report.statuses) == [added[0].id] and report.missing == ["nobody"]
-    assert progress.num_total == 1
-    with pytest.raises(ValueError, match="image_ids: has 101 ids"):
-        await get_micrio_image_status.fn(c, [f"id{n}" for n in range(101)])
-
-
-async def test_batch_tasks_report_every_source_and_poll_in_one_run(svc, urls):
-    c = creds(svc)
-    sources = [
-        {"sourceUrl": urls["photos/harbour.jpg"], "name": "H-1"},
-        {"sourceUrl": "ftp://example.org/x.jpg"},
-        urls["docs/readme.txt"],
-        {"sourceUrl": urls["photos/wide scan.jpg"], "name": "W-1"},
-    ]
-    outcomes = await add_micrio_batch.fn(c, root(svc), sources)
-    assert [(o.index, o.status, o.name) for o in outcomes] == [
-        (0, "added", "H-1"),
-        (1, "rejected", None),
-        (2, "added", "readme.txt"),
-        (3, "added", "W-1"),
-    ]
-    assert "images[1].sourceUrl: is not an http(s) URL" in outcomes[1].error
-    ids = [o.image_id for o in outcomes if o.image_id]
-    deadline = time.monotonic() + 30
-    while (report := await poll_micrio_images.fn(c, ids)).pending:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
-    assert report.ids_with("ready") == [ids[0], ids[2]] and report.statuses[ids[1]].error == "invalidImage"
-
-    svc.faults(drop_rate=1.0, drop_after_processing=True, path_pattern="^/v2/images/add$")
-    lost = await add_micrio_batch.fn(c, root(svc), [urls["photos/tower.jpg"]])
-    svc.faults(error_rate=1.0, path_pattern="^/v2/images/add$")
-    refused = await add_micrio_batch.fn(
-        c.model_copy(update={"max_attempts": 2}), root(svc), [urls["photos/tower.jpg"]]
-    )
-    assert [o.status for o in lost] == ["unknown"] and "may or may not have taken effect" in lost[0].error
-    assert [o.status for o in refused] == ["failed"] and "HTTP 503" in refused[0].error
-    assert svc.received()["faults_injected"]["503"] == 2  # max_attempts=2: retried once, then reported
-    assert [o.status for o in await add_micrio_batch.fn(c, "nope", sources[:2])] == ["rejected", "rejected"]

@@ -7,12 +7,22 @@ import time
 
 import httpx
 import pytest
+from prefect import flow
 from pydantic import SecretStr
 
 from blocks import MinivizCredentials
 from clients.errors import ApiError, AuthError, InputError, OutcomeUnknownError
 from clients.miniviz import MinivizClient
-from tasks.miniviz import get_miniviz_image, send_miniviz_data, send_miniviz_data_batch, send_miniviz_image
+from flows.miniviz_backfill import SentIndex
+from tasks.journal import Journal
+from tasks.miniviz import (
+    MinivizDataSender,
+    SendingStopped,
+    get_miniviz_image,
+    send_miniviz_data,
+    send_miniviz_data_batch,
+    send_miniviz_image,
+)
 from tests.conftest import TEST_TIME_SCALE, start_service
 from tests.images import jpeg_bytes
 
@@ -159,23 +169,82 @@ async def test_outage_longer_than_the_budget_fails_clearly(svc):
     assert time.perf_counter() - t0 < 5
 
 
-async def test_tasks_run_with_a_block(svc):
-    c = creds(svc, data_interval_seconds=0)
+# --- the tasks (tasks/miniviz.py) ----------------------------------------------------------------------------
+
+
+def data_events(n: int, label: str = "s1") -> list[dict]:
+    return [{"label_key": label, "payload": {"i": i}, "timestamp": TS + i, "seq": i} for i in range(n)]
+
+
+async def test_thin_tasks_send_data_and_an_image_and_read_it_back(svc):
+    c = creds(svc)
     ack = await send_miniviz_data.fn(c, "s1", {"t": 1}, TS)
-    img = await send_miniviz_image.fn(c, "cam", jpeg_bytes(), "x.jpg", TS)
-    stored = await get_miniviz_image.fn(c, img.id)
-    assert ack.id and stored.content_type == "image/jpeg"
-    outcomes = await send_miniviz_data_batch.fn(
-        c,
-        [
-            {"label_key": "s1", "payload": {"t": 1}, "timestamp": TS + 1},
-            {"label_key": "bad key", "payload": {"t": 1}, "timestamp": TS + 2},
-            {"payload": {"t": 1}},
-            {"label_key": "s2", "payload": {"t": 2}, "timestamp": TS + 3},
-        ],
-    )
-    assert [o.status for o in outcomes] == ["done", "rejected", "rejected", "done"]
+    image = await send_miniviz_image.fn(c, "cam", jpeg_bytes(text="task"), "x.jpg", TS)
+    stored = await get_miniviz_image.fn(c, image.id)
+    assert ack.id and stored.content_type == "image/jpeg" and stored.content == jpeg_bytes(text="task")
+
+
+def test_the_batch_task_by_block_name_in_a_flow_is_paced_beside_thin_tasks(svc, prefect_harness):
+    """A user flow: a batch and single events to one project at once, all through the account's session:
+    every event lands, none is refused with a 429."""
+    creds(svc).save("miniviz-batch-task", overwrite=True)
+
+    @flow
+    async def user_flow() -> list:
+        batch, *_ = await asyncio.gather(
+            send_miniviz_data_batch("miniviz-batch-task", data_events(4)),
+            send_miniviz_data("miniviz-batch-task", "s2", {"t": 1}, TS),
+            send_miniviz_data("miniviz-batch-task", "s2", {"t": 2}, TS + 1),
+        )
+        return batch
+
+    outcomes = asyncio.run(user_flow())
+    assert [o.status for o in outcomes] == ["done"] * 4 and all(o.event_id for o in outcomes)
+    got = svc.received()
+    assert got["accepted"] == {"data": 6} and got["rejected_by_status"] == {}
+
+
+async def test_each_event_of_a_batch_ends_done_rejected_or_failed(svc):
+    c = creds(svc, data_interval_seconds=0, max_attempts=1)
+    events = [
+        {"label_key": "s1", "payload": {"t": 1}, "timestamp": TS},
+        {"label_key": "bad key", "payload": {"t": 1}, "timestamp": TS},  # checked before sending
+        {"payload": {"t": 1}},
+    ]
+    outcomes = await send_miniviz_data_batch.fn(c, events)
+    assert [o.status for o in outcomes] == ["done", "rejected", "rejected"]
     assert "label_key" in outcomes[1].error and "no label_key" in outcomes[2].error
+    # beyond 64 bits: the client lets any integer through, Miniviz answers 400 (the event itself is invalid)
+    refused = await send_miniviz_data_batch.fn(c, [{**events[0], "timestamp": 2**70}])
+    svc.faults(error_rate=1.0, error_status=503)
+    failed = await send_miniviz_data_batch.fn(c, events[:1])
+    svc.faults()
+    assert (refused[0].status, failed[0].status) == ("rejected", "failed")
+    assert "400" in refused[0].error and "503" in failed[0].error
+
+
+async def test_a_shared_sender_journals_every_acknowledgement_across_batches(svc, tmp_path):
+    """The backfill's use: one sender on the account's session, two batches at once, each acknowledged event
+    journaled under its batch key (read back by the backfill's reader); a wrong token stops sending."""
+    c = creds(svc, data_interval_seconds=0)
+    journal = Journal(str(tmp_path / "journal.jsonl"))
+    sender = MinivizDataSender(c.session(), 8, journal=journal)
+    first, second = await asyncio.gather(
+        send_miniviz_data_batch.fn(sender, data_events(60), key="a"),
+        send_miniviz_data_batch.fn(sender, data_events(40, "s2"), key="b"),
+    )
+    await sender.aclose()
+    assert {o.status for o in first + second} == {"done"}
+    index = SentIndex.load(journal)
+    assert all(index.is_sent("a", i) for i in range(60)) and all(index.is_sent("b", i) for i in range(40))
+    assert (index.sent_count("a"), index.sent_count("b")) == (60, 40)
+    got = svc.received()
+    assert got["accepted"] == {"data": 100} and got["duplicates"] == {}
+
+    wrong = c.model_copy(update={"token": SecretStr("wrong-token-1")})
+    with pytest.raises(SendingStopped, match="refused the project or token") as stopped:
+        await send_miniviz_data_batch.fn(MinivizDataSender(wrong.session(), 4), data_events(3))
+    assert "wrong-token-1" not in str(stopped.value)
 
 
 def test_client_repr_and_block_repr_hide_the_token(svc):

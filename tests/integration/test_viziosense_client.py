@@ -6,6 +6,7 @@ The emulator runs at time scale 0.01: the documented 20 s image wait is 0.2 s, s
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import pytest
@@ -18,6 +19,8 @@ from clients.errors import ApiError, AuthError, NotFoundError, OutcomeUnknownErr
 from clients.transport import HttpSettings, RetryPolicy
 from clients.viziosense import VizioSenseClient
 from tasks.viziosense import (
+    SnapshotLimits,
+    SnapshotOutcome,
     add_viziosense_webhook,
     fetch_viziosense_image,
     get_viziosense_device,
@@ -305,3 +308,40 @@ async def test_harvest_task_on_several_devices_including_an_offline_one(svc):
     got = svc.received()
     assert got["accepted"]["request_image"] == 5 and got["duplicates"] == {}
     assert got["state"]["images_served"] == 10
+
+
+async def test_harvest_task_hands_each_camera_to_on_snapshot_and_keeps_no_image(svc):
+    """The snapshot harvest's way: each camera handed over once its images are in (or its request failed),
+    images dropped afterwards, a failing consumer failing its camera only, bounds shared by two batches."""
+    online = await uuids(svc, is_online="Online")
+    offline = (await uuids(svc, is_online="Offline"))[0]
+    limits = SnapshotLimits(concurrency=2, holding=1)  # one camera holds images at a time, across batches
+    handed: dict[str, tuple[int, int]] = {}
+    holding = []
+
+    async def consume(outcome: SnapshotOutcome) -> None:
+        holding.append(outcome.device_uuid)
+        assert len(holding) == 1  # the shared holding bound
+        await asyncio.sleep(0.01)
+        handed[outcome.device_uuid] = (len(outcome.raw.content) if outcome.raw else 0, outcome.polls)
+        holding.remove(outcome.device_uuid)
+        if outcome.device_uuid == online[1]:
+            raise RuntimeError("disk full")
+
+    batches = [[online[0], online[1], offline], [online[2], online[3]]]
+    first, second = await asyncio.gather(
+        *(
+            harvest_viziosense_snapshots.fn(
+                key_creds(svc), batch, ready_after=READY_AFTER, on_snapshot=consume, limits=limits, **WAIT
+            )
+            for batch in batches
+        )
+    )
+    assert set(handed) == {*online[:4], offline}  # every camera asked, the offline one too (its error)
+    assert all(size > 0 and polls >= 2 for uuid, (size, polls) in handed.items() if uuid != offline)
+    assert [o.status for o in first + second] == ["done", "failed", "failed", "done", "done"]
+    assert first[1].error == "on_snapshot: RuntimeError: disk full"
+    assert first[2].error_status == 409 and first[2].seconds_request is not None
+    assert all(o.raw is None and o.annotated is None for o in first + second)
+    assert all(o.seconds >= READY_AFTER and o.seconds_download is not None for o in (first[0], *second))
+    assert svc.received()["accepted"]["request_image"] == 4

@@ -58,9 +58,14 @@ def warm_up() -> None:
     proc.join(120)
 
 
-def _child(target: str, params: dict[str, Any], api_url: str, log_path: str, result_path: str) -> None:
+def _child(
+    target: str, params: dict[str, Any], api_url: str, log_path: str, result_path: str, pacing_dir: str | None
+) -> None:
     """Child process body: run the flow, write its summary as JSON with the final state (``run_state``,
-    ``run_message``). Other exceptions exit with code 1."""
+    ``run_message``). Other exceptions exit with code 1. ``pacing_dir``: the test's shared pacing files (the
+    forkserver's environment is the one it started with)."""
+    if pacing_dir is not None:
+        os.environ["PIPELINES_PACING_DIR"] = pacing_dir
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -89,7 +94,14 @@ class FlowProcess:
         self.result_path = workdir / f"run-{number}.json"
         self.proc = _forkserver().Process(
             target=_child,
-            args=(FLOWS[flow], params, PREFECT_API_URL.value(), str(self.log_path), str(self.result_path)),
+            args=(
+                FLOWS[flow],
+                params,
+                PREFECT_API_URL.value(),
+                str(self.log_path),
+                str(self.result_path),
+                os.environ.get("PIPELINES_PACING_DIR"),
+            ),
             daemon=True,
         )
         self.proc.start()

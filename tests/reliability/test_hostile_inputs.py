@@ -33,7 +33,7 @@ from pydantic import SecretStr
 from blocks import HautCredentials, MicrioCredentials, MinivizCredentials, VizioSenseCredentials
 from clients.miniviz import LABEL_KEY_RE, MAX_LABEL_KEY
 from emulators.launcher import running_emulators
-from tasks.harvest import decode_metadata_value
+from flows.snapshot_harvest.keys import decode_metadata_value
 from tests.conftest import TEST_TIME_SCALE
 from tests.reliability import corpus
 from tests.reliability.flowkit import FlowProcess, s3_client, save_s3_block, warm_up

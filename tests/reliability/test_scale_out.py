@@ -386,18 +386,13 @@ async def check_server_side(topology: Topology, flow_runs: list[Any]) -> None:
 
 
 async def load_result(api_url: str, flow_run: Any) -> Any:
-    """A flow run's result, read back from S3. Deployment runs load ``flows/x.py`` as module ``x``, so its
-    pickled classes are ``x.Cls``: a reader needs ``flows/`` on ``sys.path``, like the flow run had."""
-    import sys
-
+    """A flow run's result, read back from S3. A deployment run loads its entrypoint file
+    (``flows/micrio_migration/flow.py``) as a top-level module ``flow``, which defines no class: the pickled
+    ones (the summary, ``IncompleteRun``) are in the package's other modules, importable from the root."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    sys.path.insert(0, str(ROOT / "flows"))
-    try:
-        with temporary_settings({PREFECT_API_URL: api_url}):
-            return await flow_run.state.aresult(raise_on_failure=False)
-    finally:
-        sys.path.remove(str(ROOT / "flows"))
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        return await flow_run.state.aresult(raise_on_failure=False)
 
 
 # --- (b) ----------------------------------------------------------------------------------------------------

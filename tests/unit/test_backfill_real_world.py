@@ -13,8 +13,8 @@ import statsmodels.datasets.sunspots
 from vega_datasets import local_data
 
 from clients.errors import InputError
-from tasks.backfill import BackfillSpec, format_ms, iter_file_results, to_unix_ms
-from tasks.backfill.values import short_repr
+from flows.miniviz_backfill import BackfillSpec, format_ms, iter_file_results, to_unix_ms
+from flows.miniviz_backfill.values import short_repr
 from tasks.tables import CsvDialect, iter_table_chunks
 
 CO2 = os.path.join(os.path.dirname(statsmodels.datasets.co2.__file__), "co2.csv")

@@ -1,4 +1,4 @@
-"""Unit tests of the Miniviz backfill transform (tasks/backfill/): rows -> events / rejections.
+"""Unit tests of the Miniviz backfill transform (flows/miniviz_backfill/): rows -> events / rejections.
 
 Plus the pieces that make resuming exact: the sent-index replay of the journal and the sender's bound on
 unjournaled events (a fake client, no network).
@@ -15,7 +15,7 @@ import pytest
 
 from clients.errors import InputError
 from clients.miniviz import check_label_key, check_payload, check_timestamp_ms, payload_bytes
-from tasks.backfill import (
+from flows.miniviz_backfill import (
     BackfillSpec,
     DeadLetterWriter,
     IntervalSet,
@@ -24,13 +24,13 @@ from tasks.backfill import (
     datetime_to_ms,
     iter_file_results,
     map_label_key,
-    ranges,
     resample_milliseconds,
     split_payload,
     to_unix_ms,
     transform_frame,
 )
 from tasks.journal import Journal
+from tasks.miniviz import seq_ranges
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 MIN = 60_000
@@ -454,7 +454,7 @@ def test_spec_checks_and_fingerprint():
 
 
 def test_ranges_and_interval_set():
-    assert ranges([5, 3, 4, 9]) == [[3, 6], [9, 10]]
+    assert seq_ranges([5, 3, 4, 9]) == [[3, 6], [9, 10]]
     s = IntervalSet()
     for start, end in [(10, 12), (0, 3), (3, 5), (20, 21), (11, 21)]:
         s.add(start, end)

@@ -1,4 +1,4 @@
-"""tasks.fit_pool: images fitted in worker processes, errors reported per image, dead workers replaced."""
+"""flows.snapshot_harvest.fit_pool: images fitted in worker processes, errors reported per image, dead workers replaced."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from clients.errors import InputError
-from tasks import fit_pool as fit_pool_module
-from tasks.fit_pool import FitPool, WorkerDied
+from flows.snapshot_harvest import fit_pool as fit_pool_module
+from flows.snapshot_harvest.fit_pool import FitPool, WorkerDied
 from tasks.image_fit import fit_to_byte_limit
 
 LIMIT = 60_000

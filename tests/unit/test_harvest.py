@@ -1,40 +1,37 @@
-"""tasks.harvest helpers without network or Prefect: label keys, S3 keys and metadata, selection, pacing state
-(tasks.harvest_labels, _keys, _rows, _pacing, re-exported by tasks.harvest)."""
+"""The snapshot harvest's helpers without network or Prefect (flows/snapshot_harvest/): label keys, S3 keys and
+metadata, selection, pacing state, the credentials gate, and Miniviz sends that defer on a 429."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.header
 import json
 import time
 from datetime import UTC, datetime
 
+import httpx
 import pytest
+from pydantic import SecretStr
 
-from clients.errors import AuthError, InputError
+import flows.snapshot_harvest.labels as labels
+from blocks import MinivizCredentials
+from clients.errors import AuthError, InputError, RateLimitedError
 from clients.miniviz import LABEL_KEY_RE, MAX_LABEL_KEY, MinivizClient
 from clients.viziosense import Device
-from tasks.harvest import (
+from flows.snapshot_harvest.cameras import CredentialsGate, NotSent, data_payload
+from flows.snapshot_harvest.keys import (
     DEFAULT_KEY_LAYOUT,
-    CameraResult,
-    CredentialsGate,
-    NotSent,
-    PacingState,
-    assign_label_keys,
     check_key_layout,
-    check_label_prefix,
-    data_payload,
     decode_metadata_value,
-    label_key_for,
     metadata_value,
-    name_matcher,
-    select_cameras,
-    settle_outcome,
-    slugify,
     snapshot_key,
     snapshot_metadata,
     utc_stamp,
 )
+from flows.snapshot_harvest.labels import assign_label_keys, check_label_prefix, label_key_for, slugify
+from flows.snapshot_harvest.pacing import PacingState
+from flows.snapshot_harvest.rows import CameraResult, name_matcher, select_cameras, settle_outcome
 
 
 def device(uuid: str, name: str | None, online: int = 1, **kw) -> Device:
@@ -92,8 +89,6 @@ def test_same_names_never_share_a_label_key():
 
 
 def test_a_short_hash_collision_is_resolved_with_a_longer_hash(monkeypatch):
-    import tasks.harvest_labels as labels
-
     real = labels.uuid_hash
     monkeypatch.setattr(
         labels, "uuid_hash", lambda u, chars=13: "samehash" if chars == 13 else real(u, chars)
@@ -314,13 +309,23 @@ def test_damaged_state_is_reported_not_fatal(tmp_path):
     assert PacingState(str(path)).load().last("x", "image") == 1.0
 
 
-def test_miniviz_client_without_429_retries_keeps_other_retries():
-    from pydantic import SecretStr
+async def test_a_send_without_429_retries_raises_the_429_at_once_and_still_retries_a_503():
+    """The harvest's sends (``retry_on_429=False``) turn a 429 into a deferral, on the process's shared client."""
+    answers = [httpx.Response(429, json={"detail": "too soon"}, headers={"Retry-After": "30"}),
+               httpx.Response(503), httpx.Response(200, json={"id": "e1"})]  # fmt: skip
+    sent = []
 
-    from blocks import MinivizCredentials
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return answers[len(sent) - 1]
 
     client = MinivizCredentials(
-        project_id="p", token=SecretStr("t"), base_url="http://127.0.0.1:9"
-    ).get_client(retry_on_429=False)
-    assert 429 not in client.settings.retry.retry_statuses
-    assert {502, 503, 504} <= client.settings.retry.retry_statuses
+        project_id="p", token=SecretStr("t"), base_url="http://miniviz.test", data_interval_seconds=0
+    ).get_client(httpx.MockTransport(answer))
+    client.settings.retry = dataclasses.replace(client.settings.retry, base_delay=0.001)
+    async with client:
+        with pytest.raises(RateLimitedError):
+            await client.send_data("cam", {"ok": 1}, retry_on_429=False)
+        assert len(sent) == 1  # not retried, not waited for
+        assert (await client.send_data("cam", {"ok": 1}, retry_on_429=False)).id == "e1"  # 503 retried
+    assert len(sent) == 3

@@ -5,17 +5,11 @@ from __future__ import annotations
 import pytest
 
 from emulators.micrio.backend import source_identity
-from flows.micrio_migration import (
-    ExistingFolder,
-    FolderIndex,
-    Item,
-    NewFolder,
-    _manifest_item,
-    folder_index_location,
-    replay,
-    source_kind,
-    url_identity,
-)
+from flows.micrio_migration.folder_index import FolderIndex, folder_index_location
+from flows.micrio_migration.items import Item
+from flows.micrio_migration.parameters import ExistingFolder, NewFolder
+from flows.micrio_migration.run_journal import replay
+from flows.micrio_migration.sources import _manifest_item, source_kind, url_identity
 from tasks.micrio import micrio_format_problem
 
 
@@ -141,11 +135,11 @@ def test_the_folder_index_lives_beside_the_journal():
     assert folder_index_location("s3://b/state/run/", "abcdef") == "s3://b/state/folders/abcdef/"
 
 
-def test_the_folder_index_knows_what_other_runs_added(tmp_path):
+async def test_the_folder_index_knows_what_other_runs_added(tmp_path):
     location = str(tmp_path / "folders" / "abcdef.jsonl")
     prefix_run = FolderIndex(location, None, run="prefix.jsonl", source="s3://b/p/")
-    prefix_run.add({"s3://b/p/a.jpg#e1": "ID_A", "s3://b/p/b.jpg#e2": "ID_B"})
-    prefix_run.gone({"s3://b/p/b.jpg#e2": "ID_B"})  # ended in error: may be added again
+    await prefix_run.add({"s3://b/p/a.jpg#e1": "ID_A", "s3://b/p/b.jpg#e2": "ID_B"})
+    await prefix_run.gone({"s3://b/p/b.jpg#e2": "ID_B"})  # ended in error: may be added again
     manifest_run = FolderIndex(location, None, run="manifest.jsonl", source="m.csv")
     manifest_run.load()
     assert "ID_A" in manifest_run.elsewhere("s3://b/p/a.jpg#e1") and "s3://b/p/" in manifest_run.elsewhere(

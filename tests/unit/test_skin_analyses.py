@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from clients.timing import FakeClock
-from tasks.skin.analyses import SendingBatches
+from tasks.haut_batch import SendingBatches
 
 
 async def test_polls_make_way_for_sending_batches_for_a_bounded_time():

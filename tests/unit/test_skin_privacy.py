@@ -9,10 +9,10 @@ from pydantic import ValidationError
 
 from clients.errors import InputError
 from flows.skin_analysis import UploadOptions, outcome_problems
-from tasks.skin.images import read_error
-from tasks.skin.inputs import group_units, images_from_files, images_from_manifest, skin_inputs
-from tasks.skin.outcomes import ImageOutcome, UnitOutcome
-from tasks.skin.tables import report_tables, subject_key
+from flows.skin_analysis.inputs import group_units, images_from_files, images_from_manifest, skin_inputs
+from flows.skin_analysis.tables import report_tables, subject_key
+from tasks.haut_batch import ImageOutcome, UnitOutcome
+from tasks.haut_images import read_error
 from tasks.storage import parse_s3_uri
 
 FILES = [

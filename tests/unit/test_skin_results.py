@@ -29,8 +29,7 @@ from emulators.haut.results import (
     v3_parameters,
 )
 from flows.skin_analysis import metrics_name
-from tasks.skin.images import prepare_image
-from tasks.skin.inputs import (
+from flows.skin_analysis.inputs import (
     ImageInput,
     group_units,
     images_from_files,
@@ -38,9 +37,10 @@ from tasks.skin.inputs import (
     infer_subject_side,
     resolve_manifest_path,
 )
-from tasks.skin.journal import JournalState, analysis_key, prep_signature
-from tasks.skin.results import FACE, MetricRow, flatten_v1, flatten_v3, v1_failure, v3_failure
-from tasks.skin.tables import metric_summary, subject_key, tidy_table, wide_columns, wide_table
+from flows.skin_analysis.tables import metric_summary, subject_key, tidy_table, wide_columns, wide_table
+from tasks.haut_batch import JournalState, analysis_key, prep_signature
+from tasks.haut_images import prepare_image
+from tasks.haut_results import FACE, MetricRow, flatten_v1, flatten_v3, v1_failure, v3_failure
 
 
 def jpeg(width: int = 320, height: int = 300, color: tuple = (200, 150, 120), orientation: int = 1) -> bytes:

@@ -13,7 +13,7 @@ from clients.errors import ApiError
 from clients.haut import HautClient
 from clients.timing import FakeClock
 from clients.transport import HttpSettings, RetryPolicy
-from tasks.skin.subjects import SubjectResolver
+from tasks.haut_batch import SubjectResolver
 
 CID = "6f1e9a52-3c1d-4b7e-9a0f-2d5c8e4b7a10"
 DS = "11111111-1111-4111-8111-111111111111"

@@ -1,0 +1,95 @@
+"""The Micrio migration flow: read the sources, check them, add them, poll them, report, finish.
+
+What each step does, and the outcomes a source can end with: the package's docstring
+(``flows/micrio_migration/__init__.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from prefect import flow, get_run_logger
+
+from blocks.micrio import MicrioCredentials
+from flows.micrio_migration.batches import Migration, target_folder
+from flows.micrio_migration.folder_index import FolderIndex
+from flows.micrio_migration.parameters import (
+    AddingOptions,
+    ExistingFolder,
+    MigrationSummary,
+    NewFolder,
+    OutputOptions,
+    PollingOptions,
+)
+from flows.micrio_migration.report import report_run
+from flows.micrio_migration.run_journal import RunJournal, default_journal_location
+from flows.micrio_migration.sources import ContentCheck, read_sources, s3_client_for
+from tasks.run_state import finish
+
+
+@flow(name="micrio-migration")
+async def migrate_to_micrio(
+    source: str,
+    target: ExistingFolder | NewFolder,
+    micrio_block: str = "micrio-demo",
+    s3_bucket_block: str = "",
+    retry_failed: bool = False,
+    adding: AddingOptions = AddingOptions(),  # noqa: B008 (a pydantic model, read only)
+    polling: PollingOptions = PollingOptions(),  # noqa: B008 (a pydantic model, read only)
+    outputs: OutputOptions = OutputOptions(),  # noqa: B008 (a pydantic model, read only)
+) -> MigrationSummary:
+    """Add images to Micrio and follow their tiling to the end; resumable.
+
+    Completed only when every source is done or skipped by design; rejected or failed sources, an empty
+    prefix or manifest, or a source that cannot be read end the run Failed with the counts and the report's
+    location (the package's docstring says what is rejected and what is skipped).
+
+    Args:
+        source: A manifest (CSV, Parquet or JSON lines with a source_url column and an optional name), as a
+            local path or s3://bucket/key.csv; or an S3 prefix (s3://bucket/photos or s3://bucket/photos/),
+            whose image objects are presigned for Micrio to fetch. S3 sources are checked by content first.
+        target: An existing folder (its 6-character id), or a new folder, album or space to create under a
+            parent folder (created once: a re-run reuses it).
+        micrio_block: Name of the saved Micrio Credentials block.
+        s3_bucket_block: Name of a saved prefect-aws S3 Bucket block, needed for s3:// sources, journals or
+            reports (its credentials may carry an endpoint URL). Empty: local files and http(s) URLs only.
+        retry_failed: Add again the images an earlier run of the same source and target left failed (after
+            you fixed the source). Off: they stay failed, and so does the run.
+        adding: Batch size, attempts per image, presigned URL validity.
+        polling: Waits between status rounds and when to stop.
+        outputs: Report and journal locations (empty: defaults, see each field).
+    """
+    logger = get_run_logger()
+    deadline = time.monotonic() + polling.timeout_minutes * 60
+    credentials = await MicrioCredentials.resolve(micrio_block)
+    s3 = await s3_client_for(s3_bucket_block, [source, outputs.journal, outputs.report])
+
+    sources = await asyncio.to_thread(read_sources, source, s3)
+    logger.info("read %s as %s: %d source(s)", source, sources.read_as, len(sources.items))
+    journal = RunJournal(outputs.journal or default_journal_location(sources.where, target), s3)
+    replayed = await journal.resume(sources.items, retry_failed, adding.max_attempts, logger)
+    folder_id = await target_folder(target, replayed.folder_id, credentials, journal, logger)
+    index = await FolderIndex.open(folder_id, s3, journal.location, sources.where, sources.items)
+
+    migration = Migration(credentials, folder_id, sources.items, journal, index, adding, polling, s3, logger)
+    checking = ContentCheck.of(sources, s3, adding.batch_size, adding.max_attempts, index.skip_present)
+    async with checking:  # S3 objects are checked in the background, a chunk ahead of the adding
+        while time.monotonic() < deadline and not migration.unreachable:
+            batch = migration.next_batch(checking.finished)
+            if batch is None:
+                await checking.next_chunk()  # a full batch once the next chunk is checked
+            elif batch:
+                await migration.add(batch)
+            elif migration.in_flight():
+                await migration.poll(deadline)
+            else:
+                break
+    await migration.update_progress()
+
+    summary, counts = await report_run(sources, migration, replayed, outputs.report, journal.location, s3)
+    if replayed.resumed:
+        logger.info("%s; this run added %d", replayed.resumed, migration.added_this_run)
+    return finish(
+        summary, what="images", counts=counts, report=summary.report, problems=summary.problems, logger=logger
+    )

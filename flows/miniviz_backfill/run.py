@@ -1,0 +1,148 @@
+"""What one backfill run works with, set up before the plan pass: where it sends, what it reads, its journal
+and outputs, and the counts the passes fill in."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect_aws.s3 import S3Bucket
+
+from blocks.base import load_block
+from blocks.miniviz import MinivizCredentials
+from clients.errors import InputError
+from tasks.journal import Journal
+from tasks.storage import resolve_s3_client
+from tasks.tables import list_sources
+
+from .checkpoint import SentIndex
+from .dead_letters import DeadLetterWriter
+from .labels import LabelMapper
+from .options import OutputOptions, PacingOptions
+from .plan import ScanProgress, Tally
+from .sending import sending_target
+from .spec import BackfillSpec
+
+FLOW_NAME = "miniviz-backfill"
+STATE_DIR = ".pipeline-state/miniviz-backfill"
+
+
+@dataclass
+class BackfillRun:
+    """One run's inputs, target and outputs, and what its plan and send passes found."""
+
+    source: str
+    spec: BackfillSpec
+    pacing: PacingOptions
+    creds: MinivizCredentials  # as sending uses them: the run's interval and enough connections
+    interval: float
+    in_flight: int  # events sent at once: 1 when paced, ``pacing.concurrency`` otherwise
+    s3_client: Any
+    files: list[str]
+    journal: Journal
+    sent: SentIndex
+    report: str
+    dead_letters: DeadLetterWriter
+    labels: LabelMapper = field(default_factory=LabelMapper)
+    progress: ScanProgress = field(default_factory=ScanProgress)
+    tally: Tally = field(default_factory=Tally)
+    fingerprints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)  # the first ones, for the failures artifact
+    send_figures: dict[str, float] = field(default_factory=dict)
+    stopped: str = ""  # why sending stopped early, for the report's unfinished rows
+
+    @property
+    def to_send(self) -> int:
+        return self.tally.total("events") - self.tally.total("already_sent")
+
+    def describe(self, dry_run: bool) -> str:
+        how = (
+            "dry run"
+            if dry_run
+            else f"interval {self.interval:g} s"
+            if self.interval
+            else f"{self.in_flight} in flight"
+        )
+        return (
+            f"Backfill of {len(self.files)} file(s) from {self.source} into Miniviz project "
+            f"{self.creds.project_id} ({self.creds.plan} plan): {how}; journal {self.journal.location}"
+        )
+
+
+async def open_run(
+    source: str,
+    spec: BackfillSpec,
+    creds: MinivizCredentials,
+    pacing: PacingOptions,
+    outputs: OutputOptions,
+    s3_bucket_block: str,
+) -> BackfillRun:
+    """Resolve S3, open the journal (refusing one written for other transform parameters), list the files."""
+    creds, interval, in_flight = sending_target(creds, pacing)
+    s3_client = await _s3_client(s3_bucket_block, source, outputs)
+    resume_key = _resume_key(source, creds, spec, pacing.chunk_rows)
+    journal = Journal(outputs.journal or f"{STATE_DIR}/{resume_key}.jsonl", s3_client)
+    sent = await asyncio.to_thread(SentIndex.load, journal)
+    if sent.specs and spec.fingerprint() not in sent.specs:
+        raise InputError(
+            "journal",
+            f"{journal.location} was written for other transform parameters",
+            "use the same parameters to resume, or another journal",
+        )
+    files = await asyncio.to_thread(list_sources, source, s3_client)
+    if not files:
+        raise InputError(
+            "source", f"{source!r} matches no file", "a CSV/Parquet file, glob, directory or s3:// prefix"
+        )
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    report = outputs.report or f"reports/{FLOW_NAME}-{stamp}.csv"
+    dead_letters = DeadLetterWriter(outputs.dead_letter or _beside(report, "-dead-letter.csv"), s3_client)
+    return BackfillRun(
+        source,
+        spec,
+        pacing,
+        creds,
+        interval,
+        in_flight,
+        s3_client,
+        files,
+        journal,
+        sent,
+        report,
+        dead_letters,
+    )
+
+
+async def _s3_client(s3_bucket_block: str, source: str, outputs: OutputOptions) -> Any:
+    """The block's S3 client; boto3's default credentials when no block is named but a location is s3://."""
+    if s3_bucket_block:
+        return resolve_s3_client(await load_block(S3Bucket, s3_bucket_block))
+    if any(
+        p and p.startswith("s3://") for p in (source, outputs.journal, outputs.report, outputs.dead_letter)
+    ):
+        import boto3
+
+        return boto3.client("s3")
+    return None
+
+
+def _resume_key(source: str, creds: MinivizCredentials, spec: BackfillSpec, chunk_rows: int) -> str:
+    """Stable key of (input, target project, transform): the default journal name."""
+    data = {
+        "source": source,
+        "project_id": creds.project_id,
+        "base_url": creds.base_url,
+        "spec": spec.fingerprint(),
+        # resampled buckets are emitted per chunk, so the event order depends on the chunk size
+        "chunk_rows": chunk_rows if spec.resample_ms else None,
+    }
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _beside(location: str, suffix: str) -> str:
+    base, _, ext = location.rpartition(".")
+    return f"{base}{suffix}" if base and "/" not in ext else f"{location}{suffix}"
