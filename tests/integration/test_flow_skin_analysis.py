@@ -39,6 +39,9 @@ from emulators.haut.catalog import FSM2_FAMILIES
 from emulators.haut.results import V3_KEYS, metric_scores
 from emulators.launcher import running_emulators
 from flows.skin_analysis import skin_analysis
+from flows.skin_analysis.run import delete_skin_photos
+from tasks.haut_batch import JournalState, JournalWriter
+from tasks.journal import Journal
 from tasks.run_state import IncompleteRun
 from tests.conftest import TEST_TIME_SCALE, start_service
 from tests.logs import Collect
@@ -332,6 +335,35 @@ async def test_v3_manifest_sides_fields_and_gdpr_delete(emu, blocks, tmp_path):
     assert (again.done, again.resumed, again.photos_deleted_subjects) == (5, 2, 0)
     assert counts(svc)["accepted"] == got["accepted"]
     assert_private(published)
+
+
+async def test_delete_photos_task_deletes_the_subjects_photos_and_journals_it(emu, blocks, tmp_path):
+    svc = emu["haut"]
+    for i, name in enumerate(SECRET_NAMES[:2]):
+        write(tmp_path / "selfies" / f"{name}.jpg", face(20 + i))
+    journal_path = str(tmp_path / "journal.jsonl")
+    outputs = {"report": str(tmp_path / "out" / "run.csv"), "journal": journal_path}
+    summary, _, _, _ = await run(**blocks, source=str(tmp_path / "selfies"), outputs=outputs, **FAST)
+    assert (summary.done, summary.photos_deleted_subjects) == (2, 0)  # delete_photos not asked: photos kept
+    wide = pd.read_csv(summary.report)
+    subject_ids = list(wide["subject_id"])
+    assert counts(svc)["state"]["stored_objects"] == 2
+
+    writer = JournalWriter(Journal(journal_path))
+    errors = await delete_skin_photos.fn(haut_block(svc), subject_ids, writer)
+    assert errors == dict.fromkeys(subject_ids)
+    got = counts(svc)
+    assert got["state"]["stored_objects"] == 0 and got["accepted"]["delete_subject_photos"] == 2
+    async with haut_block(svc).get_client() as client:
+        for image_id in wide["image_id"]:
+            assert (await client.get_image(image_id)).urls.get("original") is None  # record kept, photo gone
+    records = list(Journal(journal_path).records())
+    assert [r["subject_id"] for r in records if r["t"] == "photos_deleted"] == subject_ids
+    state = JournalState(records)
+    assert not any(state.photos_pending(sid) for sid in subject_ids)  # what keeps a re-run from deleting
+
+    again = await delete_skin_photos.fn(haut_block(svc), subject_ids, writer)  # nothing left: no error
+    assert again == dict.fromkeys(subject_ids) and counts(svc)["state"]["stored_objects"] == 0
 
 
 async def test_s3_prefix_in_s3_reports_and_journal_out(emu, blocks, tmp_path):

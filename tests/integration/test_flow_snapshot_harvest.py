@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from datetime import datetime
 
 import boto3
@@ -28,8 +29,11 @@ from clients.session import close_sessions
 from demo.setup import emulator_aws_credentials
 from emulators.launcher import running_emulators
 from flows.snapshot_harvest import fit_pool, harvest_snapshots
+from flows.snapshot_harvest.cameras import HarvestRun, HarvestSettings, send_camera_data_events
 from flows.snapshot_harvest.keys import decode_metadata_value
 from flows.snapshot_harvest.labels import slugify
+from flows.snapshot_harvest.pacing import PacingState
+from flows.snapshot_harvest.rows import CameraResult
 from tasks.run_state import IncompleteRun
 from tests.conftest import TEST_TIME_SCALE
 
@@ -467,3 +471,46 @@ async def test_unicode_camera_name_gets_encoded_metadata_and_an_ascii_label(emu,
     assert (
         decode_metadata_value(meta["device-name"]) == name and decode_metadata_value(meta["geo-city"]) == city
     )
+
+
+async def test_data_events_task_sends_as_pacing_allows_stalest_label_first_and_defers_the_rest(
+    emu, blocks, tmp_path, monkeypatch
+):
+    """The task on a hand-built run: one data slot per hour, so one event per call and no timing to race."""
+    state = PacingState(str(tmp_path / "pacing.json")).load()
+    now = time.time()
+    state.mark("cam-old", "data", now - 100)
+    state.mark("cam-recent", "data", now - 10)
+    cameras = [
+        CameraResult(index=0, device_uuid="u0", label_key="cam-recent", online=True),
+        CameraResult(index=1, device_uuid="u1", label_key="cam-old", online=True),
+        CameraResult(index=2, device_uuid="u2", label_key="cam-never", online=True),
+        CameraResult(index=3, device_uuid="u3", outcome="rejected"),
+    ]
+    creds = MinivizCredentials(project_id="harvest-paced", token=SecretStr("mvz-harvest-paced"),
+                               base_url=emu["miniviz"].url, data_interval_seconds=3600)  # fmt: skip
+
+    def fresh_run() -> HarvestRun:  # only the Miniviz parts: the task touches nothing else
+        close_sessions()  # a new process: a new session client, its data pacer not yet used
+        return HarvestRun(viziosense=None, miniviz=creds.session(), bucket=None, executor=None, state=state,
+                          settings=HarvestSettings(), fit_pool=None)  # fmt: skip
+
+    def sent_labels() -> list[str]:
+        got = emu["miniviz"].control("GET", "events", params={"project_id": "harvest-paced", "limit": 100})
+        return [e["label_key"] for e in got["events"]]
+
+    rows = await send_camera_data_events(fresh_run(), cameras, budget_seconds=60)
+    assert [r.data_event for r in rows] == ["deferred", "deferred", "sent", "skipped"]
+    assert sent_labels() == ["cam-never"] and rows[2].miniviz_data_id
+    for row in rows[:2]:
+        assert "one data event per project every 3600 s" in row.data_event_reason
+        assert "stalest cameras go first next run" in row.data_event_reason
+
+    # a later run, its slot open (fresh pacing, emulator forgot the send): cam-never is now the freshest,
+    # so the older of the two deferred labels goes first
+    monkeypatch.setenv("PIPELINES_PACING_DIR", str(tmp_path / "later-pacing"))
+    emu["miniviz"].reset()
+    cameras = [r.model_copy(update={"data_event": "off", "data_event_reason": None}) for r in rows]
+    rows = await send_camera_data_events(fresh_run(), cameras, budget_seconds=60)
+    assert [r.data_event for r in rows] == ["deferred", "sent", "deferred", "skipped"]
+    assert sent_labels() == ["cam-old"]

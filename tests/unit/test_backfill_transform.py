@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from flows.miniviz_backfill import (
     LabelMapper,
     SentIndex,
     datetime_to_ms,
+    file_id,
     iter_file_results,
     map_label_key,
     resample_milliseconds,
@@ -29,6 +31,7 @@ from flows.miniviz_backfill import (
     to_unix_ms,
     transform_frame,
 )
+from flows.miniviz_backfill.plan import scan_backfill
 from tasks.journal import Journal
 from tasks.miniviz import seq_ranges
 
@@ -495,3 +498,37 @@ def test_dead_letter_file_streams_rows_with_reasons(tmp_path):
         [0, "failed", "send_failed"],
     ]
     assert json.loads(dl.data[0])["extra"] == [1, 2]
+
+
+async def test_scan_task_counts_each_file_and_writes_its_rejected_rows_to_the_dead_letters(tmp_path):
+    good, other, broken = tmp_path / "good.csv", tmp_path / "other.csv", tmp_path / "broken.csv"
+    frame(4, label_key=["s1", None, "s2", "s2"]).to_csv(good, index=False)
+    pd.concat([frame(2), frame(2)]).to_csv(other, index=False)  # rows 2-3 repeat rows 0-1
+    pd.DataFrame({"when": [T0], "t": [1.0]}).to_csv(broken, index=False)  # no timestamp column
+    files = [str(good), str(other), str(broken)]
+    sent = SentIndex([{"t": "sent", "f": file_id(str(good)), "r": [[0, 1]]}])
+    writer = DeadLetterWriter(str(tmp_path / "dl.csv"))
+
+    tally, fingerprints = await scan_backfill.fn(files, BackfillSpec(), 2, sent, writer)
+    writer.close()
+
+    counts = {
+        (Path(source).name, label): {k: v for k, v in c.items() if v}
+        for (source, label), c in tally.by_label.items()
+    }
+    assert counts == {
+        ("good.csv", "s1"): {"rows": 1, "events": 1, "already_sent": 1},
+        ("good.csv", ""): {"rows": 1, "rejected_rows": 1},
+        ("good.csv", "s2"): {"rows": 2, "events": 2},
+        ("other.csv", "s1"): {"rows": 4, "events": 2, "skipped_rows": 2},
+    }
+    assert tally.reasons == {"label_missing": 1, "duplicate": 2}
+    assert tally.files == files and list(tally.file_errors) == [str(broken)]
+    assert set(fingerprints) == {str(good), str(other)}  # an unreadable file gets no fingerprint
+    dl = pd.read_csv(tmp_path / "dl.csv")
+    assert dl[["source", "row", "status", "reason"]].values.tolist() == [
+        [str(good), 1, "rejected", "label_missing"],
+        [str(other), 2, "skipped", "duplicate"],
+        [str(other), 3, "skipped", "duplicate"],
+    ]
+    assert writer.count == 3
