@@ -12,6 +12,8 @@ import threading
 from typing import Any
 from urllib.parse import unquote, unquote_plus, urlsplit
 
+from .errors import ApiError, InputError
+
 MASK = "***"
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -95,6 +97,15 @@ def redact(text: Any) -> str:
         if secret in out:
             out = out.replace(secret, MASK)
     return out
+
+
+def error_text(exc: BaseException) -> str:
+    """An exception as report or log text, secrets masked. Our clients' errors (``ApiError``, ``InputError``)
+    already name what failed; any other is prefixed with its type (a bare ``KeyError`` says little alone)."""
+    text = redact(exc)
+    if isinstance(exc, ApiError | InputError):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class RedactingFilter(logging.Filter):

@@ -88,12 +88,13 @@ def failures_markdown(title: str, failures: Iterable[Mapping[str, Any]], columns
         "|" + "---|" * len(columns),
     ]
     for item in items[:MAX_MARKDOWN_ITEMS]:
-        lines.append("| " + " | ".join(_cell(item.get(c)) for c in columns) + " |")
+        lines.append("| " + " | ".join(markdown_cell(item.get(c)) for c in columns) + " |")
     if len(items) > MAX_MARKDOWN_ITEMS:
         lines += ["", f"... and {len(items) - MAX_MARKDOWN_ITEMS} more: see the report file."]
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: Any) -> str:
+def markdown_cell(value: Any) -> str:
+    """``value`` as one Markdown table cell: pipes escaped, on one line, at most 300 characters."""
     text = "" if value is None else str(value)
     return text.replace("|", "\\|").replace("\n", " ")[:300]

@@ -32,7 +32,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect_aws.credentials import AwsCredentials, MinIOCredentials
 from prefect_aws.s3 import S3Bucket
 
+from blocks.base import load_block
 from clients.errors import InputError, NotFoundError
+from clients.redaction import redact
 
 MAX_KEY_BYTES = 1024  # S3 object key limit (UTF-8)
 MAX_METADATA_BYTES = 2048  # S3 user-defined metadata limit (keys + values)
@@ -70,6 +72,30 @@ class BatchResult(Generic[T]):
 def s3_client_from_block(bucket_block: S3Bucket) -> Any:
     """The boto3 S3 client of an ``S3Bucket`` block (``credentials.get_s3_client()``, cached by prefect-aws)."""
     return bucket_block.credentials.get_s3_client()
+
+
+async def s3_client_for(
+    bucket_block: str | S3Bucket | None,
+    locations: Iterable[str | None] = (),
+    *,
+    parameter: str = "s3_bucket_block",
+) -> Any | None:
+    """The boto3 S3 client of a flow's S3 Bucket block (a saved name or the block); None without one.
+
+    ``locations`` are the sources, journals and reports the run will touch. An s3:// one without a block raises
+    ``InputError`` naming ``parameter`` and the location: boto3's default credentials would reach another
+    account, or none, without a word.
+    """
+    if bucket_block:
+        block = await load_block(S3Bucket, bucket_block) if isinstance(bucket_block, str) else bucket_block
+        return s3_client_from_block(block)
+    if s3_location := next((x for x in locations if x and x.startswith("s3://")), None):
+        raise InputError(
+            parameter,
+            f"empty, but {s3_location} is an s3:// location",
+            "name the S3 Bucket block that reaches it",
+        )
+    return None
 
 
 def resolve_s3_client(source: Any) -> Any:
@@ -316,7 +342,8 @@ def _run_batch(fn: Callable[[str], T], keys: Iterable[str], max_workers: int) ->
         try:
             return key, fn(key), None
         except Exception as exc:  # one bad object must not hide the others' outcome
-            return key, None, f"{type(exc).__name__}: {exc}"
+            # always the class name first: callers tell a missing object by it (``NotFoundError: ...``)
+            return key, None, f"{type(exc).__name__}: {redact(exc)}"
 
     with ThreadPoolExecutor(max_workers=max(1, min(max_workers, len(keys)))) as pool:
         for key, value, error in pool.map(attempt, keys):

@@ -39,6 +39,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from clients.errors import InputError
+from clients.redaction import error_text
 
 from .storage import BucketRef, list_keys, not_found_as_error, parse_s3_uri, resolve_s3_client
 
@@ -364,7 +365,7 @@ def _read_file(
         raise
     except _UNREADABLE as exc:
         what = ("gzipped " if gzipped else "") + _KIND_NAMES[kind]
-        detail = " ".join(f"{type(exc).__name__}: {exc}".split())  # parser messages may span lines
+        detail = " ".join(error_text(exc).split())  # parser messages may span lines
         hint = " (set encoding, e.g. latin-1)" if isinstance(exc, UnicodeDecodeError) else ""
         raise InputError("source", f"{src} cannot be read as {what}: {detail[:300]}{hint}") from None
 

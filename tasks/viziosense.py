@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from blocks.viziosense import VizioSenseCredentials
 from clients.errors import ApiError, InputError
-from clients.redaction import redact
+from clients.redaction import error_text
 from clients.viziosense import (
     DEFAULT_IMAGE_TIMEOUT_S,
     DEFAULT_POLL_INTERVAL_S,
@@ -252,7 +252,7 @@ class SnapshotLimits:
 def _fail(outcome: SnapshotOutcome, exc: Exception, what: str) -> None:
     """Record a failure (both images may fail: messages are joined); ``what`` names the step unless the
     client's error already does."""
-    text = redact(exc) if isinstance(exc, ApiError | InputError) else f"{type(exc).__name__}: {redact(exc)}"
+    text = error_text(exc)
     text = text if isinstance(exc, ApiError) else f"{what}: {text}"
     outcome.status = "rejected" if isinstance(exc, InputError) else "failed"
     outcome.error = "; ".join(filter(None, [outcome.error, text]))

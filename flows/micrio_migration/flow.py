@@ -24,8 +24,9 @@ from flows.micrio_migration.parameters import (
 )
 from flows.micrio_migration.report import report_run
 from flows.micrio_migration.run_journal import RunJournal, default_journal_location
-from flows.micrio_migration.sources import ContentCheck, read_sources, s3_client_for
+from flows.micrio_migration.sources import ContentCheck, read_sources
 from tasks.run_state import finish
+from tasks.storage import s3_client_for
 
 
 @flow(name="micrio-migration")

@@ -15,9 +15,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pandas as pd
-from prefect_aws import S3Bucket
 
-from blocks.base import load_block
 from clients.errors import InputError
 from flows.micrio_migration.items import Item
 from tasks.micrio import SNIFF_BYTES, micrio_format_problem
@@ -27,7 +25,6 @@ from tasks.storage import (
     parse_s3_uri,
     presigned_get_url,
     read_object_heads,
-    s3_client_from_block,
 )
 from tasks.tables import iter_table_chunks, table_format
 
@@ -39,14 +36,6 @@ IMAGE_EXTENSIONS = (
 LEFT_OUT = "left out of the prefix"
 CHECK_THREADS = 8  # ranged GETs at once (botocore's default pool holds 10 connections)
 PRESIGN_PARAMS = {"awsaccesskeyid", "signature", "expires"}  # plus every x-amz-* (SigV4)
-
-
-async def s3_client_for(block_name: str, locations: Sequence[str]) -> Any:
-    """The S3 client of the saved S3 Bucket block ``block_name``; None without one, when no location is s3://."""
-    s3 = s3_client_from_block(await load_block(S3Bucket, block_name)) if block_name else None
-    if s3 is None and any(location.startswith("s3://") for location in locations):
-        raise ValueError("s3:// sources, journals and reports need s3_bucket_block")
-    return s3
 
 
 def source_kind(source: str) -> tuple[Literal["prefix", "manifest"], str]:

@@ -71,7 +71,7 @@ async def miniviz_backfill(
         pacing: Data interval, concurrency, batch and chunk sizes.
         outputs: Journal, report and dead-letter locations.
         s3_bucket_block: Name of a saved S3Bucket block whose credentials reach the s3:// paths (endpoint URL for
-            a local S3). Empty: boto3's default credentials.
+            a local S3). Empty: local files and http(s) URLs only.
     """
     logger = get_run_logger()
     spec = build_spec(csv, timestamps, events)

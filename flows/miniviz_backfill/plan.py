@@ -11,6 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from clients.errors import InputError
+from clients.redaction import error_text
 
 from .checkpoint import SentIndex, file_fingerprint, file_id
 from .dead_letters import DeadLetterWriter
@@ -121,7 +122,7 @@ def scan_source(
                 if progress is not None:
                     progress.rows_scanned += result.rows
         except (InputError, OSError, ValueError, KeyError) as exc:
-            tally.file_errors[path] = f"{type(exc).__name__}: {exc}"
+            tally.file_errors[path] = error_text(exc)
             fingerprints.pop(path, None)
     return tally, fingerprints
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from blocks.miniviz import MinivizCredentials
 from clients.miniviz import DATA_INTERVAL_S
-from tasks.reports import Progress, publish_markdown, publish_table
+from tasks.reports import Progress, markdown_cell, publish_markdown, publish_table
 from tasks.tables import write_table
 
 from .labels import LabelMapper
@@ -274,14 +274,16 @@ def _plan_markdown(
         for code, n in tally.reasons.most_common():
             src, row, detail = tally.reason_examples[code]
             lines.append(
-                f"| `{code}` | {n:,} | {REASONS.get(code, code)} | {_cell(f'{src} row {row}: {detail}')} |"
+                f"| `{code}` | {n:,} | {REASONS.get(code, code)} | {markdown_cell(f'{src} row {row}: {detail}')} |"
             )
     if tally.read_as:
         lines += ["", "## CSV files read as", "", "| file | read as |", "|---|---|"]
-        lines += [f"| {_cell(p)} | {_cell(how)} |" for p, how in list(tally.read_as.items())[:50]]
+        lines += [
+            f"| {markdown_cell(p)} | {markdown_cell(how)} |" for p, how in list(tally.read_as.items())[:50]
+        ]
     if tally.file_errors:
         lines += ["", "## Files that cannot be sent", "", "| file | error |", "|---|---|"]
-        lines += [f"| {_cell(p)} | {_cell(e)} |" for p, e in tally.file_errors.items()]
+        lines += [f"| {markdown_cell(p)} | {markdown_cell(e)} |" for p, e in tally.file_errors.items()]
     if labels.changed:
         lines += [
             "",
@@ -290,17 +292,13 @@ def _plan_markdown(
             "| label | label_key |",
             "|---|---|",
         ]
-        lines += [f"| {_cell(o)} | `{m}` |" for o, m in list(labels.changed.items())[:50]]
+        lines += [f"| {markdown_cell(o)} | `{m}` |" for o, m in list(labels.changed.items())[:50]]
     if labels.collisions:
         lines += ["", "## Warning: different labels mapped to the same label_key", ""]
         lines += [
             f"- `{m}` <- {', '.join(sorted(map(repr, o)))}" for m, o in list(labels.collisions.items())[:50]
         ]
     return "\n".join(lines) + "\n"
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")[:300]
 
 
 async def _publish_outcome(
@@ -327,7 +325,7 @@ async def _publish_outcome(
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {_cell(f['source'])} | {f['row']} | {_cell(f['label_key'])} | {f['timestamp']} | {_cell(f['error'])} |"
+            f"| {markdown_cell(f['source'])} | {f['row']} | {markdown_cell(f['label_key'])} | {f['timestamp']} | {markdown_cell(f['error'])} |"
             for f in failures
         ]
     else:
@@ -342,9 +340,9 @@ async def _publish_outcome(
         ]
         for code, n in tally.reasons.most_common():
             src, row, detail = tally.reason_examples[code]
-            lines.append(f"| `{code}` | {n:,} | {_cell(f'{src} row {row}: {detail}')} |")
+            lines.append(f"| `{code}` | {n:,} | {markdown_cell(f'{src} row {row}: {detail}')} |")
     for path, error in tally.file_errors.items():
-        lines.append(f"\nFile not sent: {_cell(path)}: {_cell(error)}")
+        lines.append(f"\nFile not sent: {markdown_cell(path)}: {markdown_cell(error)}")
     await publish_markdown(f"{FLOW_NAME}-failures", "\n".join(lines) + "\n", "Miniviz backfill failures")
     if dry_run:
         await progress_artifact.update(100.0, f"Dry run: {progress.to_send:,} event(s) to send, nothing sent")

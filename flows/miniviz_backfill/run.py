@@ -10,13 +10,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect_aws.s3 import S3Bucket
-
-from blocks.base import load_block
 from blocks.miniviz import MinivizCredentials
 from clients.errors import InputError
 from tasks.journal import Journal
-from tasks.storage import resolve_s3_client
+from tasks.storage import s3_client_for
 from tasks.tables import list_sources
 
 from .checkpoint import SentIndex
@@ -83,7 +80,9 @@ async def open_run(
 ) -> BackfillRun:
     """Resolve S3, open the journal (refusing one written for other transform parameters), list the files."""
     creds, interval, in_flight = sending_target(creds, pacing)
-    s3_client = await _s3_client(s3_bucket_block, source, outputs)
+    s3_client = await s3_client_for(
+        s3_bucket_block, [source, outputs.journal, outputs.report, outputs.dead_letter]
+    )
     resume_key = _resume_key(source, creds, spec, pacing.chunk_rows)
     journal = Journal(outputs.journal or f"{STATE_DIR}/{resume_key}.jsonl", s3_client)
     sent = await asyncio.to_thread(SentIndex.load, journal)
@@ -115,19 +114,6 @@ async def open_run(
         report,
         dead_letters,
     )
-
-
-async def _s3_client(s3_bucket_block: str, source: str, outputs: OutputOptions) -> Any:
-    """The block's S3 client; boto3's default credentials when no block is named but a location is s3://."""
-    if s3_bucket_block:
-        return resolve_s3_client(await load_block(S3Bucket, s3_bucket_block))
-    if any(
-        p and p.startswith("s3://") for p in (source, outputs.journal, outputs.report, outputs.dead_letter)
-    ):
-        import boto3
-
-        return boto3.client("s3")
-    return None
 
 
 def _resume_key(source: str, creds: MinivizCredentials, spec: BackfillSpec, chunk_rows: int) -> str:

@@ -22,6 +22,7 @@ from prefect.utilities.annotations import quote
 from blocks.base import SESSION_CONNECTIONS
 from blocks.miniviz import MinivizCredentials
 from clients.miniviz import DATA_INTERVAL_S
+from clients.redaction import error_text
 from tasks.miniviz import EventOutcome, MinivizDataSender, send_miniviz_data_batch
 from tasks.reports import MAX_MARKDOWN_ITEMS
 
@@ -78,7 +79,7 @@ async def send_pending(run: BackfillRun) -> None:
             group.create_task(_send_batches(run, sender, queue))
     except BaseException as exc:
         error = _first_error(exc)
-        run.stopped = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        run.stopped = error_text(error)
         raise error from None
     finally:
         await sender.aclose()

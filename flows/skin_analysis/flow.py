@@ -59,6 +59,7 @@ from tasks.haut import ensure_haut_dataset
 from tasks.haut_batch import JournalState, JournalWriter
 from tasks.journal import Journal
 from tasks.run_state import finish
+from tasks.storage import s3_client_for
 
 from .inputs import group_units
 from .options import (
@@ -70,7 +71,7 @@ from .options import (
     UploadOptions,
 )
 from .outputs import Locations, report_run
-from .run import SkinRun, read_inputs, s3_client_for
+from .run import SkinRun, read_inputs
 
 
 @flow(name="skin-analysis", log_prints=False)

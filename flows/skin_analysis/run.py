@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
-from prefect_aws import S3Bucket
 
-from blocks.base import load_block
 from blocks.haut import HautCredentials
 from clients.errors import ApiError, InputError
 from clients.haut import HautClient
@@ -21,20 +19,10 @@ from clients.haut_models import SubjectSpec
 from tasks.haut import analyse_haut_batch
 from tasks.haut_batch import JournalState, JournalWriter, SendingBatches, SubjectResolver, UnitOutcome
 from tasks.reports import Progress
-from tasks.storage import s3_client_from_block
 
 from .inputs import SkinInputs, SkinUnit, collect_skin_inputs, is_manifest
 from .options import PollingOptions, PrivacyOptions, UploadOptions
 from .outputs import ARTIFACT
-
-
-async def s3_client_for(block_name: str, locations: Iterable[str]) -> Any:
-    """The S3 client of the named bucket block (None without one); s3:// locations need it."""
-    if block_name:
-        return s3_client_from_block(await load_block(S3Bucket, block_name))
-    if any(x.startswith("s3://") for x in locations):
-        raise ValueError("s3:// sources, reports and journals need s3_bucket_block")
-    return None
 
 
 async def read_inputs(source: str, s3: Any) -> tuple[SkinInputs, list[str]]:

@@ -38,13 +38,14 @@ from prefect.utilities.annotations import quote
 from blocks.miniviz import MinivizCredentials
 from blocks.viziosense import VizioSenseCredentials
 from clients.errors import ApiError, AuthError, InputError, OutcomeUnknownError, RateLimitedError
+from clients.redaction import error_text
 from clients.session import SessionClient
 from clients.viziosense import ImageKind, Snapshot
 from flows.snapshot_harvest.fit_pool import FitPool
 from flows.snapshot_harvest.keys import DEFAULT_KEY_LAYOUT, snapshot_key, snapshot_metadata, utc_stamp
 from flows.snapshot_harvest.pacing import PacingState
 from flows.snapshot_harvest.parameters import MinivizPush, Performance, S3Layout, Timing
-from flows.snapshot_harvest.rows import NOT_DELIVERED, CameraResult, error_text
+from flows.snapshot_harvest.rows import NOT_DELIVERED, CameraResult
 from tasks.reports import Progress
 from tasks.storage import BucketRef, put_bytes
 from tasks.viziosense import SnapshotLimits, SnapshotOutcome, harvest_viziosense_snapshots

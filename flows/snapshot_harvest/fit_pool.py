@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clients.errors import InputError
+from clients.redaction import error_text
 from tasks.image_fit import FittedImage, fit_to_byte_limit
 
 _HEADER = 8  # bytes of the big-endian length before each pickle
@@ -213,7 +214,7 @@ def _fit_timed(
     except InputError as exc:
         outcome = exc
     except Exception as exc:  # a Pillow bug or MemoryError on one image: report it, keep serving
-        outcome = RuntimeError(f"fitting failed: {type(exc).__name__}: {exc}")
+        outcome = RuntimeError(f"fitting failed: {error_text(exc)}")
     return outcome, time.perf_counter() - t0
 
 

@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 
 from clients.errors import InputError
 from clients.miniviz import MinivizClient
-from flows.snapshot_harvest.rows import error_text
+from clients.redaction import error_text
 
 STATE_VERSION = 1
 STATE_KEEP_SECONDS = 30 * 86_400  # labels silent for 30 days are dropped from the file
@@ -59,7 +59,7 @@ class PacingState:
         try:
             text = self._read()
         except Exception as exc:
-            self.load_problem = f"could not read pacing state {self.location}: {type(exc).__name__}: {exc}"
+            self.load_problem = f"could not read pacing state {self.location}: {error_text(exc)}"
             return self
         if not text:
             return self

@@ -13,7 +13,7 @@ import pandas as pd
 
 from flows.snapshot_harvest.parameters import FLOW_NAME, CameraFilter, HarvestSummary, Outputs
 from flows.snapshot_harvest.rows import NOT_DELIVERED, REPORT_COLUMNS, CameraResult, settle_outcome
-from tasks.reports import Progress, failures_markdown, publish_markdown, publish_table
+from tasks.reports import Progress, failures_markdown, markdown_cell, publish_markdown, publish_table
 from tasks.run_state import OUTCOMES
 from tasks.storage import BucketRef, presigned_get_url
 from tasks.tables import write_table
@@ -150,7 +150,7 @@ async def _publish(
     ]
     await publish_table(f"{FLOW_NAME}-summary", [{"what": k, "value": v} for k, v in figures],
                         f"Snapshot harvest: {summary.cameras} cameras; report {summary.report}")  # fmt: skip
-    table = [{c: _cell(getattr(r, c)) for c in TABLE_COLUMNS} for r in rows[:MAX_TABLE_ROWS]]
+    table = [{c: _table_value(getattr(r, c)) for c in TABLE_COLUMNS} for r in rows[:MAX_TABLE_ROWS]]
     more = (
         f" (first {MAX_TABLE_ROWS} of {len(rows)}; every row is in the report)"
         if len(rows) > MAX_TABLE_ROWS
@@ -191,8 +191,8 @@ def _links_markdown(rows: list[CameraResult], bucket: BucketRef, expiry: int) ->
             f"[{kind}]({presigned_get_url(whole, key, expiry)})" if key else "-"
             for kind, key in (("raw", r.s3_raw_key), ("annotated", r.s3_annotated_key))
         ]
-        name = _cell(r.device_name or r.device_uuid).replace("|", "\\|")
-        city = _cell(", ".join(filter(None, [r.city, r.country]))).replace("|", "\\|")
+        name = markdown_cell(r.device_name or r.device_uuid)
+        city = markdown_cell(", ".join(filter(None, [r.city, r.country])))
         lines.append(f"| {name} | {city} | {links[0]} | {links[1]} | {r.image_push} |")
     if len(stored) > MAX_LINK_ROWS:
         lines += ["", f"... and {len(stored) - MAX_LINK_ROWS} more cameras: their keys are in the report."]
@@ -201,7 +201,7 @@ def _links_markdown(rows: list[CameraResult], bucket: BucketRef, expiry: int) ->
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: Any) -> Any:
+def _table_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.isoformat()
     return value

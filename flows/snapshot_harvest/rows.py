@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from clients.errors import ApiError, InputError
-from clients.redaction import redact
+from clients.redaction import error_text
 from clients.viziosense import Device
 from flows.snapshot_harvest.labels import LabelSource, assign_label_keys
 
@@ -204,13 +204,6 @@ def settle_outcome(cam: CameraResult) -> CameraResult:
         for text in deferred:
             cam.add_reason(text)
     return cam
-
-
-def error_text(exc: BaseException) -> str:
-    """An error for the report: the clients' messages are already redacted and self-explanatory."""
-    if isinstance(exc, ApiError | InputError):
-        return redact(exc)
-    return f"{type(exc).__name__}: {redact(exc)}"
 
 
 def step_error(step: str, exc: BaseException) -> str:

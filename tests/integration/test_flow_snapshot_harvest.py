@@ -499,6 +499,7 @@ async def test_data_events_task_sends_as_pacing_allows_stalest_label_first_and_d
         got = emu["miniviz"].control("GET", "events", params={"project_id": "harvest-paced", "limit": 100})
         return [e["label_key"] for e in got["events"]]
 
+    emu["miniviz"].reset()  # earlier tests of the session may have sent to this project
     rows = await send_camera_data_events(fresh_run(), cameras, budget_seconds=60)
     assert [r.data_event for r in rows] == ["deferred", "deferred", "sent", "skipped"]
     assert sent_labels() == ["cam-never"] and rows[2].miniviz_data_id

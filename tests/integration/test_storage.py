@@ -29,6 +29,7 @@ from tasks.storage import (
     put_bytes,
     read_object_head,
     read_object_heads,
+    s3_client_for,
     s3_client_from_block,
     upload_objects,
 )
@@ -125,6 +126,17 @@ def test_path_traversal_keys_are_rejected():
 
 def test_client_from_block_points_at_the_emulator(bucket, s3):
     assert s3_client_from_block(bucket).meta.endpoint_url == s3.url
+
+
+async def test_s3_client_for_needs_a_block_for_s3_locations(bucket, s3):
+    assert (await s3_client_for(bucket, ["s3://demo-bucket/in/"])).meta.endpoint_url == s3.url
+    assert await s3_client_for("", ["data/in.csv", None, ""]) is None  # local only: no client, no error
+    with pytest.raises(InputError) as err:  # never boto3's default credentials
+        await s3_client_for(
+            "", ["data/in.csv", "s3://demo-bucket/reports/run.csv"], parameter="s3_bucket_block"
+        )
+    assert err.value.field == "s3_bucket_block"
+    assert "s3://demo-bucket/reports/run.csv" in str(err.value)
 
 
 def test_put_get_exists_round_trip(bucket, raw_client, bucket_name):

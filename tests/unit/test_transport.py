@@ -8,8 +8,15 @@ import logging
 import httpx
 import pytest
 
-from clients.errors import ApiError, AuthError, NotFoundError, OutcomeUnknownError, RateLimitedError
-from clients.redaction import redact, register_secret
+from clients.errors import (
+    ApiError,
+    AuthError,
+    InputError,
+    NotFoundError,
+    OutcomeUnknownError,
+    RateLimitedError,
+)
+from clients.redaction import error_text, redact, register_secret
 from clients.timing import FakeClock, KeyedPacer, Pacer, current_paced_call
 from clients.transport import HttpService, HttpSettings, RetryPolicy, parse_retry_after
 
@@ -269,3 +276,12 @@ async def test_secrets_are_redacted_from_errors_and_log_records(caplog):
         logging.getLogger("httpx").info("GET http://svc.test/?token=sk-very-secret-value")
     assert "sk-very-secret-value" not in caplog.text and "token=***" in caplog.text
     assert "sk-very" not in repr(svc)
+
+
+def test_error_text_masks_secrets_and_names_foreign_errors():
+    register_secret("sk-error-text-secret")
+    assert (
+        error_text(RuntimeError("disk full near sk-error-text-secret")) == "RuntimeError: disk full near ***"
+    )
+    assert error_text(KeyError()) == "KeyError"  # no message: the type alone, not "KeyError: "
+    assert error_text(InputError("source", "empty")) == "source: empty"  # our errors name what failed
