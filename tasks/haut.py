@@ -40,7 +40,6 @@ from clients.haut_models import (
 from tasks.haut_batch import (
     AnalysisUnit,
     JournalState,
-    JournalWriter,
     SendingBatches,
     SubjectResolver,
     UnitOutcome,
@@ -48,6 +47,7 @@ from tasks.haut_batch import (
     submit_batch,
     wait_for_results,
 )
+from tasks.journal import GroupCommit
 
 Credentials = HautCredentials | str
 # Tasks that carry image bytes use NO_CACHE: Prefect's default cache key hashes every input (megabytes of
@@ -600,7 +600,7 @@ async def analyse_haut_batch(
     poll_initial_delay: float | None = None,
     poll_max_delay: float | None = None,
     results_timeout: float | None = None,
-    journal: JournalWriter | None = None,
+    journal: GroupCommit | None = None,
     state: JournalState | None = None,
     subjects: SubjectResolver | None = None,
     gate: asyncio.Semaphore | None = None,
@@ -638,7 +638,7 @@ async def analyse_haut_batch(
         ```
     """
     creds = await HautCredentials.resolve(credentials)
-    journal = journal or JournalWriter(None)  # None: nothing kept, nothing resumed
+    journal = journal or GroupCommit(None)  # None: nothing kept, nothing resumed
     state = state or JournalState()
 
     async def on_session(client: HautClient) -> list[UnitOutcome]:  # the session's own client, on its loop

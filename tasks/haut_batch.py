@@ -3,7 +3,7 @@
 An analysis (``AnalysisUnit``) is a v1 image or a v3 batch of up to three sides of one subject, its images
 named by path or ``s3://`` URI. ``submit_batch`` reads, checks and sends a batch's analyses;
 ``wait_for_results`` polls one analysis's results (the task runs both, holding the caller's gate only while
-sending). Resuming after a crash rests on a journal (``JournalWriter``, ``JournalState``): a record between
+sending). Resuming after a crash rests on a journal (``tasks.journal.GroupCommit``, ``JournalState``): a record between
 "signed URL issued" and "bytes sent" (an uploaded photo is never lost track of), another once the compute is
 accepted, the results at the end; analyses an earlier run computed are only polled again. Subjects are found
 by name or created once (``SubjectResolver``, also behind ``tasks.haut.ensure_haut_subjects``).
@@ -20,8 +20,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
 from prefect import get_run_logger
@@ -34,7 +33,7 @@ from clients.haut_models import SIDE_IDS, AlgorithmResult, Side, Subject, Subjec
 from clients.timing import SYSTEM_CLOCK, Clock
 from tasks.haut_images import Prepared, prepare_image, read_error, read_image_bytes
 from tasks.haut_results import Row, flatten_v1, flatten_v3, plain, v1_failure, v3_failure
-from tasks.journal import Journal
+from tasks.journal import GroupCommit
 
 
 # --- analyses and their outcomes ------------------------------------------------------------------------------
@@ -151,53 +150,6 @@ class JournalState:
     def photos_pending(self, subject_id: str) -> bool:
         """Photos of this subject were uploaded (by any run of this journal) and not deleted since."""
         return self._photos.get(subject_id, False)
-
-
-class JournalWriter:
-    """Appends to a ``Journal`` from the concurrent tasks of one flow run, with group commit.
-
-    ``await append(...)`` returns once its records are durable. Appends that arrive while a write is in
-    progress are written together by the next one (one fsync, or one S3 object, for many records), so
-    durability per record costs little under load. The write runs off the event loop.
-    """
-
-    def __init__(self, journal: Journal | None) -> None:
-        self.journal = journal  # None: nothing is kept (a batch that need not resume)
-        self._lock = threading.Lock()
-        self._queue: list[tuple[Sequence[dict[str, Any]], asyncio.Future[None]]] = []
-        self._writing = False
-
-    @property
-    def location(self) -> str:
-        return self.journal.location if self.journal else ""
-
-    def _append(self, records: Sequence[dict[str, Any]]) -> None:
-        with self._lock:
-            self.journal.append(*records)
-
-    async def append(self, *records: dict[str, Any]) -> None:
-        if not records or self.journal is None:
-            return
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((records, done))
-        if not self._writing:
-            self._writing = True
-            try:
-                while self._queue:
-                    group, self._queue = self._queue, []
-                    try:
-                        await asyncio.to_thread(self._append, [r for recs, _ in group for r in recs])
-                    except Exception as exc:
-                        for _, fut in group:
-                            if not fut.done():
-                                fut.set_exception(exc)
-                    else:
-                        for _, fut in group:
-                            if not fut.done():
-                                fut.set_result(None)
-            finally:
-                self._writing = False
-        await done
 
 
 # --- subjects --------------------------------------------------------------------------------------------------
@@ -403,7 +355,7 @@ async def submit_batch(
     client: HautClient,
     dataset_id: str,
     units: list[AnalysisUnit],
-    journal: JournalWriter,
+    journal: GroupCommit,
     state: JournalState,
     subjects: SubjectResolver,
     api_version: Api = "v1",
@@ -619,7 +571,7 @@ async def wait_for_results(
     client: HautClient,
     dataset_id: str,
     outcome: UnitOutcome,
-    journal: JournalWriter,
+    journal: GroupCommit,
     poll: PollSettings,
     limit: asyncio.Semaphore,
     api_version: Api = "v1",

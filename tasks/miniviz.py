@@ -7,7 +7,6 @@ tasks composed in any flow share one client: its pacing (no 429 of our own makin
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -18,7 +17,7 @@ from pydantic import BaseModel
 from blocks.miniviz import MinivizCredentials
 from clients.errors import ApiError, AuthError, InputError, NotFoundError
 from clients.miniviz import EventAck, PayloadValue, StoredImage
-from tasks.journal import Journal
+from tasks.journal import GroupCommit, Journal
 
 T = TypeVar("T")
 
@@ -116,15 +115,14 @@ class MinivizDataSender:
     - **With a journal**, an event is in flight from the moment it is sent until its acknowledgement is durably
       in the journal, as ``{"t": "sent", "f": <batch key>, "r": [[first seq, end), ...]}``; only then does it
       free its slot. After a crash at any instant, at most ``max_in_flight`` events Miniviz accepted are missing
-      from the journal: the only ones a resuming run can send twice. One background committer appends in a
-      worker thread; the acknowledgements that arrive meanwhile go together in the next append (group commit),
-      and when paced the append overlaps the wait for the next slot. ``record`` journals the caller's own
-      records through the same committer, in order with the acknowledgements.
+      from the journal: the only ones a resuming run can send twice. Appends are group-committed in a worker
+      thread (``tasks.journal.GroupCommit``: the acknowledgements that arrive during a write go together in the
+      next one). ``record`` journals the caller's own records the same way, in order with the acknowledgements.
     - **Every event gets an outcome** (``EventOutcome``). A refused token or unknown project, or
       ``max_consecutive_failures`` failures in a row, raise ``SendingStopped``.
 
     ``progress``, if given, is any object whose ``sent`` and ``failed`` counters should grow as events finish
-    (a progress display reads them). Call ``aclose()`` when done: it stops the committer.
+    (a progress display reads them). Call ``aclose()`` when done: it waits for the last journal write.
     """
 
     def __init__(
@@ -142,17 +140,8 @@ class MinivizDataSender:
         self.max_consecutive_failures = max_consecutive_failures
         self.progress = progress
         self.consecutive_failures = 0
-        self.commits = 0  # group commits to the journal, and the time they took
-        self.commit_seconds = 0.0
-        self.commit_seconds_max = 0.0
         self._slots: asyncio.Semaphore | None = None
-        self._acks: list[tuple[str, int]] = []
-        self._records: list[dict[str, Any]] = []
-        self._commit_done: asyncio.Future | None = None
-        self._wake: asyncio.Event | None = None
-        self._committer: asyncio.Task | None = None
-        self._closing = False
-        self._broken: BaseException | None = None
+        self._commit = GroupCommit(journal, pack=merge_sent_records)
 
     async def send(
         self, events: Sequence[Mapping[str, Any] | DataEvent], key: str = ""
@@ -168,18 +157,13 @@ class MinivizDataSender:
         await self._on_client_loop(self._record, records)
 
     async def aclose(self) -> None:
-        """Stop the committer once everything acknowledged is journaled."""
-        if self._committer is not None:
+        """Wait until everything acknowledged is journaled."""
+        if self.journal is not None:
             await self._on_client_loop(self._close)
 
     def journal_figures(self) -> dict[str, float]:
         """How the group commits went: how many, mean and slowest (ms)."""
-        n = max(1, self.commits)
-        return {
-            "journal_commits": self.commits,
-            "mean_commit_ms": round(self.commit_seconds / n * 1000, 3),
-            "max_commit_ms": round(self.commit_seconds_max * 1000, 3),
-        }
+        return self._commit.figures()
 
     async def _on_client_loop(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``fn(client, *args)`` where the client's requests run: whole on a session's loop, or right here."""
@@ -189,7 +173,8 @@ class MinivizDataSender:
         return await fn(self.client, *args)
 
     async def _send(self, client: Any, events: Sequence[Any], key: str) -> list[EventOutcome]:
-        self._start()
+        if self._slots is None:  # created on the loop that runs the batches
+            self._slots = asyncio.Semaphore(self.max_in_flight)
         outcomes: list[Any] = [None] * len(events)
         try:
             async with asyncio.TaskGroup() as group:
@@ -216,9 +201,7 @@ class MinivizDataSender:
                 outcomes[index] = self._not_sent(index, exc)
                 return
             self.consecutive_failures = 0
-            if self.journal is not None:
-                self._acks.append((key, seq))
-                await self._durable()
+            await self._commit.append({"t": "sent", "f": key, "r": [[seq, seq + 1]]})
             outcomes[index] = EventOutcome(index=index, status="done", event_id=ack.id)
             if self.progress is not None:
                 self.progress.sent += 1
@@ -237,72 +220,21 @@ class MinivizDataSender:
         return outcome
 
     async def _record(self, _client: Any, records: tuple[dict[str, Any], ...]) -> None:
-        self._start()
-        self._records.extend(records)
-        await self._durable()
-
-    def _start(self) -> None:
-        """Create the slots and the committer on the loop that runs the batches (the first call's)."""
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.max_in_flight)
-        if self._committer is None and self.journal is not None:
-            loop = asyncio.get_running_loop()
-            self._wake = asyncio.Event()
-            self._commit_done = loop.create_future()
-            self._closing = False
-            self._committer = loop.create_task(self._commit_loop())
-
-    async def _durable(self) -> None:
-        """Wait until everything queued for the journal so far is in it."""
-        if self._broken is not None:
-            raise self._broken
-        done = self._commit_done
-        self._wake.set()
-        await asyncio.shield(done)
+        await self._commit.append(*records)
 
     async def _close(self, _client: Any) -> None:
-        self._closing = True
-        self._wake.set()
-        try:
-            await self._committer
-        except Exception:
-            if self._broken is None:
-                raise  # otherwise every waiter already got the journal's error
-        finally:
-            self._committer = None
+        await self._commit.aclose()
 
-    async def _commit_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if not self._acks and not self._records:
-                if self._closing:
-                    return
-                continue
-            (acks, self._acks), (records, self._records) = (self._acks, []), (self._records, [])
-            done, self._commit_done = self._commit_done, loop.create_future()
-            by_key: dict[str, list[int]] = {}
-            for key, seq in acks:
-                by_key.setdefault(key, []).append(seq)
-            records += [{"t": "sent", "f": key, "r": seq_ranges(seqs)} for key, seqs in by_key.items()]
-            started = time.perf_counter()
-            try:
-                await asyncio.to_thread(self.journal.append, *records)  # fsync or S3 PUT: off the loop
-            except BaseException as exc:
-                self._broken = exc  # nothing can be made durable any more: every waiter fails
-                for future in (done, self._commit_done):
-                    if not future.done():
-                        future.set_exception(exc)
-                        future.exception()  # retrieved: no "never retrieved" warning if nobody waits
-                raise
-            took = time.perf_counter() - started
-            self.commits += 1
-            self.commit_seconds += took
-            self.commit_seconds_max = max(self.commit_seconds_max, took)
-            done.set_result(None)
-            if self._acks or self._records:
-                self._wake.set()
+
+def merge_sent_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One group commit's records with its acknowledgements merged: the caller's records in order, then one
+    ``sent`` record per batch key with the sequence numbers as ranges."""
+    others = [r for r in records if r.get("t") != "sent"]
+    by_key: dict[str, list[int]] = {}
+    for r in records:
+        if r.get("t") == "sent":
+            by_key.setdefault(r["f"], []).extend(s for start, end in r["r"] for s in range(start, end))
+    return others + [{"t": "sent", "f": key, "r": seq_ranges(seqs)} for key, seqs in by_key.items()]
 
 
 def seq_ranges(seqs: Iterable[int]) -> list[list[int]]:

@@ -22,7 +22,6 @@ import gzip
 import io
 import os
 import re
-import tempfile
 import warnings
 import zlib
 from collections.abc import Iterator, Sequence
@@ -41,6 +40,7 @@ from prefect.cache_policies import NO_CACHE
 from clients.errors import InputError
 from clients.redaction import error_text
 
+from .state import Location
 from .storage import BucketRef, list_keys, not_found_as_error, parse_s3_uri, resolve_s3_client
 
 _SUFFIXES = (
@@ -530,34 +530,13 @@ def write_table(
 ) -> str:
     """Write ``df`` (without its index) as CSV, Parquet or JSON Lines by extension; return ``destination``.
 
-    Local files are written atomically: to a hidden temp file in the same directory, fsynced, then renamed
-    over the destination, so readers never see half a report. Parent directories are created. S3 writes
-    spool through a local temp file and are atomic by nature (an object appears whole or not at all).
+    Written whole (``tasks.state.Location``): readers never see half a report. Parent directories are created.
     """
     kind, gzipped = table_format(destination, field="destination")
-    if destination.startswith("s3://"):
-        bucket, key = parse_s3_uri(destination, field="destination")
-        client = _s3(s3_client, storage_options)
-        with tempfile.TemporaryFile() as tmp:
-            _serialize(df, kind, gzipped, tmp)
-            tmp.seek(0)
-            content_type = "application/gzip" if gzipped else _CONTENT_TYPES[kind]
-            client.upload_fileobj(tmp, bucket, key, ExtraArgs={"ContentType": content_type})
-        return destination
-    path = Path(destination)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            _serialize(df, kind, gzipped, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp_name, 0o644)  # mkstemp creates 0600; reports are meant to be shared
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
+    client = _s3(s3_client, storage_options) if destination.startswith("s3://") else None
+    content_type = "application/gzip" if gzipped else _CONTENT_TYPES[kind]
+    with Location(destination, client, field="destination").writer(content_type) as fh:
+        _serialize(df, kind, gzipped, fh)
     return destination
 
 

@@ -3,7 +3,7 @@
 It lives beside the journals (``<journal folder>/folders/<folder id>.jsonl``, or ``.../folders/<folder id>/``
 for an ``s3://`` journal) and is shared by every run that adds to the folder, keyed by object identity:
 ``s3://bucket/key#ETag`` for S3 objects, the normalised URL for http(s) sources (``sources.url_identity``).
-Its writes are fsynced, so they run in a thread, off the event loop.
+Its writes are group-committed (``tasks.journal.GroupCommit``), off the event loop.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import posixpath
 from typing import Any
 
 from flows.micrio_migration.items import Item
-from tasks.journal import Journal
+from tasks.journal import GroupCommit, Journal
 
 
 def folder_index_location(journal: str, folder_id: str) -> str:
@@ -29,6 +29,7 @@ class FolderIndex:
 
     def __init__(self, location: str, s3: Any, run: str, source: str) -> None:
         self.journal = Journal(location, s3_client=s3)
+        self._commit = GroupCommit(self.journal)
         self.run, self.source = run, source
         self.present: dict[str, tuple[str, str, str]] = {}  # identity -> (micrio id, run journal, source)
 
@@ -75,11 +76,11 @@ class FolderIndex:
         if ids:
             self.present.update({i: (m, self.run, self.source) for i, m in ids.items()})
             record = {"t": "added", "run": self.run, "source": self.source, "ids": ids}
-            await asyncio.to_thread(self.journal.append, record)
+            await self._commit.append(record)
 
     async def gone(self, ids: dict[str, str]) -> None:
         """Forget objects whose image ended in error there: they may be added again."""
         if ids:
             for identity in ids:
                 self.present.pop(identity, None)
-            await asyncio.to_thread(self.journal.append, {"t": "gone", "ids": ids})
+            await self._commit.append({"t": "gone", "ids": ids})

@@ -4,22 +4,19 @@ Records, one JSON object each: ``folder`` (the folder the run created), ``intent
 its keys and identities, written before ``images/add``), ``added`` (the batch's Micrio ids and the keys Micrio
 refused, written right after), ``final`` (images that reached ready or error), ``retry`` (``retry_failed``:
 forget these keys' failures). A batch with an intent and no ``added`` was in flight at a crash: its outcome
-is unknown, so it is added again. Appends are fsynced, so they run in a thread, off the event loop.
+is unknown, so it is added again. Appends are group-committed (``tasks.journal.GroupCommit``), off the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from flows.micrio_migration.items import Item
 from flows.micrio_migration.parameters import ExistingFolder, NewFolder
-from tasks.journal import Journal
-
-STATE_DIR = ".pipeline-state/micrio-migration"
+from tasks.journal import GroupCommit, Journal
+from tasks.state import default_state
 
 
 @dataclass
@@ -76,14 +73,13 @@ def replay(records: list[dict[str, Any]], items: dict[str, Item]) -> Replayed:
 
 
 def default_journal_location(where: str, target: ExistingFolder | NewFolder) -> str:
-    """A file under ``STATE_DIR`` named after the source and target, so re-running the same input resumes."""
+    """A file under ``.pipeline-state/micrio-migration/`` named after the source and target, so re-running the same input resumes."""
     key = (
         {"folder_id": target.folder_id}
         if isinstance(target, ExistingFolder)
         else {"parent": target.parent_id, "name": target.name, "type": target.type}
     )
-    digest = hashlib.sha256(json.dumps([where, key], sort_keys=True).encode()).hexdigest()[:16]
-    return f"{STATE_DIR}/{digest}.jsonl"
+    return default_state("micrio-migration", [where, key])
 
 
 class RunJournal:
@@ -93,9 +89,7 @@ class RunJournal:
         self.location = location
         self.next_batch = 0  # batches are numbered across runs: an intent's number is never reused
         self._journal = Journal(location, s3_client=s3)
-
-    async def _append(self, record: dict[str, Any]) -> None:
-        await asyncio.to_thread(self._journal.append, record)
+        self._append = GroupCommit(self._journal).append
 
     async def resume(self, items: list[Item], retry_failed: bool, max_attempts: int, logger: Any) -> Replayed:
         """Apply the journal to ``items``; with ``retry_failed``, make what an earlier run left failed new

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-import os
-import tempfile
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import orjson
 
-from tasks.storage import parse_s3_uri
+from tasks.state import Location
 
 from .spec import SKIPPED_REASONS
 from .timestamps import format_ms
@@ -33,7 +32,7 @@ DEAD_LETTER_COLUMNS = [
 
 
 class DeadLetterWriter:
-    """Streams rejected rows and failed events to a CSV file (local, or spooled and uploaded to S3 on close).
+    """Streams rejected rows and failed events to a CSV file (a ``tasks.state.Location``, published on close).
 
     One line per rejected row or bucket (``status=rejected``, the source row as JSON in ``data``; an exact
     duplicate is ``skipped``), per event Miniviz refused as invalid (``rejected``, ``refused_by_service``, its
@@ -43,16 +42,12 @@ class DeadLetterWriter:
 
     def __init__(self, location: str, s3_client: Any = None) -> None:
         self.location = location
-        self.s3_client = s3_client
         self.count = 0
-        if location.startswith("s3://"):
-            parse_s3_uri(location, field="dead_letter")
-            fd, self._path = tempfile.mkstemp(prefix="miniviz-dead-letter-", suffix=".csv")
-            os.close(fd)
-        else:
-            self._path = location
-            os.makedirs(os.path.dirname(os.path.abspath(location)), exist_ok=True)
-        self._fh: io.TextIOWrapper | None = open(self._path, "w", newline="", encoding="utf-8")
+        self._file = contextlib.ExitStack()  # written whole on close: a re-run never leaves half a file
+        binary = self._file.enter_context(
+            Location(location, s3_client, field="dead_letter").writer("text/csv")
+        )
+        self._fh: io.TextIOWrapper | None = io.TextIOWrapper(binary, encoding="utf-8", newline="")
         self._csv = csv.writer(self._fh)
         self._csv.writerow(DEAD_LETTER_COLUMNS)
 
@@ -73,7 +68,6 @@ class DeadLetterWriter:
                 ]
             )
             self.count += 1
-        self._fh.flush()
 
     def failed(self, source: str, event: Event, error: str, refused: bool = False) -> None:
         """An event that failed to send, or that Miniviz ``refused`` as invalid (its reason in ``error``)."""
@@ -92,19 +86,13 @@ class DeadLetterWriter:
             ]
         )
         self.count += 1
-        self._fh.flush()
 
     def close(self) -> str:
-        if self._fh is None:
-            return self.location
-        self._fh.close()
-        self._fh = None
-        if self.location.startswith("s3://"):
-            bucket, key = parse_s3_uri(self.location, field="dead_letter")
-            try:
-                self.s3_client.upload_file(self._path, bucket, key, ExtraArgs={"ContentType": "text/csv"})
-            finally:
-                os.unlink(self._path)
+        if self._fh is not None:
+            self._fh.flush()
+            self._fh.detach()  # the binary file is closed by the writer, after it is durable
+            self._fh = None
+            self._file.close()
         return self.location
 
 

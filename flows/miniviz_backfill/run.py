@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from blocks.miniviz import MinivizCredentials
 from clients.errors import InputError
 from tasks.journal import Journal
+from tasks.state import default_state
 from tasks.storage import s3_client_for
 from tasks.tables import list_sources
 
@@ -25,7 +24,6 @@ from .sending import sending_target
 from .spec import BackfillSpec
 
 FLOW_NAME = "miniviz-backfill"
-STATE_DIR = ".pipeline-state/miniviz-backfill"
 
 
 @dataclass
@@ -83,8 +81,7 @@ async def open_run(
     s3_client = await s3_client_for(
         s3_bucket_block, [source, outputs.journal, outputs.report, outputs.dead_letter]
     )
-    resume_key = _resume_key(source, creds, spec, pacing.chunk_rows)
-    journal = Journal(outputs.journal or f"{STATE_DIR}/{resume_key}.jsonl", s3_client)
+    journal = Journal(outputs.journal or _default_journal(source, creds, spec, pacing.chunk_rows), s3_client)
     sent = await asyncio.to_thread(SentIndex.load, journal)
     if sent.specs and spec.fingerprint() not in sent.specs:
         raise InputError(
@@ -116,8 +113,8 @@ async def open_run(
     )
 
 
-def _resume_key(source: str, creds: MinivizCredentials, spec: BackfillSpec, chunk_rows: int) -> str:
-    """Stable key of (input, target project, transform): the default journal name."""
+def _default_journal(source: str, creds: MinivizCredentials, spec: BackfillSpec, chunk_rows: int) -> str:
+    """Named after the input, target project and transform, so re-running the same job resumes."""
     data = {
         "source": source,
         "project_id": creds.project_id,
@@ -126,7 +123,7 @@ def _resume_key(source: str, creds: MinivizCredentials, spec: BackfillSpec, chun
         # resampled buckets are emitted per chunk, so the event order depends on the chunk size
         "chunk_rows": chunk_rows if spec.resample_ms else None,
     }
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    return default_state("miniviz-backfill", data)
 
 
 def _beside(location: str, suffix: str) -> str:

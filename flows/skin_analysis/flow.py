@@ -56,8 +56,8 @@ from prefect import flow, get_run_logger
 
 from blocks.haut import HautCredentials
 from tasks.haut import ensure_haut_dataset
-from tasks.haut_batch import JournalState, JournalWriter
-from tasks.journal import Journal
+from tasks.haut_batch import JournalState
+from tasks.journal import GroupCommit, Journal
 from tasks.run_state import finish
 from tasks.storage import s3_client_for
 
@@ -108,7 +108,7 @@ async def skin_analysis(
     credentials = await HautCredentials.resolve(haut_block)
     where = Locations.of(source, analysis, outputs, credentials)
     s3 = await s3_client_for(s3_bucket_block, (source, *where))
-    journal = JournalWriter(Journal(where.journal, s3_client=s3))
+    journal = GroupCommit(Journal(where.journal, s3_client=s3))
     records, (inputs, problems) = await asyncio.gather(
         asyncio.to_thread(journal.journal.read), read_inputs(source, s3)
     )

@@ -4,8 +4,6 @@ the artifacts (images by item number and subject key only: the reports' personal
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import os
 from collections import Counter
 from datetime import UTC, datetime
@@ -16,6 +14,7 @@ from prefect import get_run_logger
 
 from blocks.haut import HautCredentials
 from tasks.reports import counts_table, failures_markdown, publish_markdown, publish_table
+from tasks.state import default_state
 
 from .inputs import SkinInputs
 from .options import AnalysisOptions, OutputOptions, PrivacyOptions, SkinAnalysisSummary
@@ -24,7 +23,6 @@ from .tables import metric_summary, report_tables, write_skin_reports
 if TYPE_CHECKING:
     from .run import SkinRun
 
-STATE_DIR = ".pipeline-state/skin-analysis"
 ARTIFACT = "skin-analysis"
 
 
@@ -51,7 +49,7 @@ def default_journal(source: str, dataset_name: str, api_version: str, credential
     """Journal file named after the input and the target, so re-running the same input resumes."""
     where = source if source.startswith("s3://") else os.path.abspath(source)
     target = [where, dataset_name, api_version, credentials.base_url, credentials.company_id]
-    return f"{STATE_DIR}/{hashlib.sha256(json.dumps(target).encode()).hexdigest()[:16]}.jsonl"
+    return default_state("skin-analysis", target)
 
 
 def metrics_name(report: str) -> str:

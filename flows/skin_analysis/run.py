@@ -17,7 +17,8 @@ from clients.errors import ApiError, InputError
 from clients.haut import HautClient
 from clients.haut_models import SubjectSpec
 from tasks.haut import analyse_haut_batch
-from tasks.haut_batch import JournalState, JournalWriter, SendingBatches, SubjectResolver, UnitOutcome
+from tasks.haut_batch import JournalState, SendingBatches, SubjectResolver, UnitOutcome
+from tasks.journal import GroupCommit
 from tasks.reports import Progress
 
 from .inputs import SkinInputs, SkinUnit, collect_skin_inputs, is_manifest
@@ -66,7 +67,7 @@ class SkinRun:
         self,
         units: Sequence[SkinUnit],
         state: JournalState,
-        journal: JournalWriter,
+        journal: GroupCommit,
         api_version: str,
         upload: UploadOptions,
         polling: PollingOptions,
@@ -188,7 +189,7 @@ class SkinRun:
 
 @task(name="skin-delete-photos", cache_policy=NO_CACHE)
 async def delete_skin_photos(
-    credentials: HautCredentials | str, subject_ids: list[str], journal: JournalWriter, concurrency: int = 8
+    credentials: HautCredentials | str, subject_ids: list[str], journal: GroupCommit, concurrency: int = 8
 ) -> dict[str, str | None]:
     """GDPR: delete the photo files of these subjects (records and results stay); ``{id: error or None}``.
 
@@ -205,7 +206,7 @@ async def delete_skin_photos(
 
 
 async def _delete_photos(
-    client: HautClient, subject_ids: list[str], journal: JournalWriter, concurrency: int
+    client: HautClient, subject_ids: list[str], journal: GroupCommit, concurrency: int
 ) -> dict[str, str | None]:
     limit = asyncio.Semaphore(max(1, concurrency))
     out: dict[str, str | None] = {}

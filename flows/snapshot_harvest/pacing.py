@@ -1,6 +1,6 @@
 """Miniviz pacing kept across harvest runs: when each label last got an image or a data event.
 
-``PacingState`` is a small JSON document (a local file replaced atomically, or one S3 object). Its times
+``PacingState`` is a small JSON document (a ``tasks.state.Location``: a local file or one S3 object). Its times
 seed a run's ``MinivizClient`` pacers, so a harvest started right after another defers instead of meeting
 a 429. Used by the harvest's Miniviz pushes (``cameras``) and its flow.
 """
@@ -10,19 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
-from botocore.exceptions import ClientError
-
-from clients.errors import InputError
 from clients.miniviz import MinivizClient
 from clients.redaction import error_text
+from tasks.state import Location
 
 STATE_VERSION = 1
 STATE_KEEP_SECONDS = 30 * 86_400  # labels silent for 30 days are dropped from the file
@@ -40,13 +35,7 @@ class PacingState:
 
     def __init__(self, location: str, s3_client: Any = None) -> None:
         self.location = location
-        self._s3 = s3_client
-        if location.startswith("s3://"):
-            if s3_client is None:
-                raise InputError("state", f"{location}: s3:// state needs an S3 client (s3_bucket_block)")
-            self._bucket, _, self._key = location[5:].partition("/")
-            if not self._bucket or not self._key:
-                raise InputError("state", f"{location!r} is not s3://bucket/key")
+        self._file = Location(location, s3_client, field="state")
         self.labels: dict[str, dict[str, float]] = {}
         self.project_data_at: float | None = None
         self.dirty = False
@@ -77,15 +66,7 @@ class PacingState:
         return self
 
     def _read(self) -> str:
-        if self._s3 is not None:
-            try:
-                return self._s3.get_object(Bucket=self._bucket, Key=self._key)["Body"].read().decode("utf-8")
-            except ClientError as err:
-                if str(err.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey"):
-                    return ""
-                raise
-        path = Path(self.location)
-        return path.read_text("utf-8") if path.exists() else ""
+        return (self._file.read_bytes() or b"").decode("utf-8")
 
     def document(self) -> dict[str, Any]:
         now = time.time()
@@ -102,25 +83,9 @@ class PacingState:
         }
 
     def save(self) -> None:
-        payload = json.dumps(self.document(), separators=(",", ":")).encode("utf-8")
-        if self._s3 is not None:
-            self._s3.put_object(
-                Bucket=self._bucket, Key=self._key, Body=payload, ContentType="application/json"
-            )
-            return
-        path = Path(self.location)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        self._file.write_bytes(
+            json.dumps(self.document(), separators=(",", ":")).encode(), "application/json"
+        )
 
     async def flush(self) -> None:
         """Write the state if it changed (one writer at a time, off the event loop)."""

@@ -3,7 +3,6 @@ checks made before anything is asked of a camera, and the run's summary."""
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -15,10 +14,10 @@ from clients.miniviz import MAX_IMAGE_BYTES
 from flows.snapshot_harvest.keys import DEFAULT_KEY_LAYOUT, check_key_layout, snapshot_key
 from flows.snapshot_harvest.labels import check_label_prefix
 from flows.snapshot_harvest.rows import name_matcher
+from tasks.state import default_state
 from tasks.storage import check_key
 
 FLOW_NAME = "snapshot-harvest"
-STATE_DIR = ".pipeline-state/snapshot-harvest"
 
 
 class CameraFilter(BaseModel):
@@ -205,8 +204,8 @@ class HarvestSummary(BaseModel):
 
 def default_state_location(credentials: MinivizCredentials) -> str:
     """One pacing state per Miniviz project (limits are per project + label), named after the project."""
-    digest = hashlib.sha256(f"{credentials.base_url}|{credentials.project_id}".encode()).hexdigest()[:16]
-    return f"{STATE_DIR}/miniviz-{digest}.json"
+    identity = f"{credentials.base_url}|{credentials.project_id}"
+    return default_state("snapshot-harvest", identity, suffix=".json", prefix="miniviz-")
 
 
 def check_parameters(

@@ -40,8 +40,8 @@ from emulators.haut.results import V3_KEYS, metric_scores
 from emulators.launcher import running_emulators
 from flows.skin_analysis import skin_analysis
 from flows.skin_analysis.run import delete_skin_photos
-from tasks.haut_batch import JournalState, JournalWriter
-from tasks.journal import Journal
+from tasks.haut_batch import JournalState
+from tasks.journal import GroupCommit, Journal
 from tasks.run_state import IncompleteRun
 from tests.conftest import TEST_TIME_SCALE, start_service
 from tests.logs import Collect
@@ -349,7 +349,7 @@ async def test_delete_photos_task_deletes_the_subjects_photos_and_journals_it(em
     subject_ids = list(wide["subject_id"])
     assert counts(svc)["state"]["stored_objects"] == 2
 
-    writer = JournalWriter(Journal(journal_path))
+    writer = GroupCommit(Journal(journal_path))
     errors = await delete_skin_photos.fn(haut_block(svc), subject_ids, writer)
     assert errors == dict.fromkeys(subject_ids)
     got = counts(svc)

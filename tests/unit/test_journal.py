@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
 import pytest
 
-from tasks.journal import Journal
+from clients.errors import InputError
+from tasks.journal import GroupCommit, Journal
+from tasks.state import Location, default_state
 
 
 def test_append_and_read_back_in_order(tmp_path):
@@ -80,3 +83,87 @@ def test_s3_journal_writes_one_object_per_append_and_reads_them_in_order():
 def test_s3_journal_needs_a_client():
     with pytest.raises(ValueError, match="S3 client"):
         Journal("s3://bucket/prefix")
+
+
+# --- GroupCommit: the one way async code appends --------------------------------------------------------------
+
+
+class CountingJournal(Journal):
+    """A local journal that counts its writes and can be told to fail the next one."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.writes = 0
+        self.fail_next = False
+
+    def append(self, *records):
+        self.writes += 1
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("disk full")
+        super().append(*records)
+
+
+async def test_group_commit_writes_concurrent_appends_together_in_order(tmp_path):
+    journal = CountingJournal(str(tmp_path / "j.jsonl"))
+    commit = GroupCommit(journal)
+    await asyncio.gather(*(commit.append({"n": n}) for n in range(50)))
+    assert [r["n"] for r in journal.read()] == list(range(50))
+    assert journal.writes < 50 and commit.figures()["journal_commits"] == journal.writes
+
+
+async def test_group_commit_failure_reaches_its_group_and_the_next_append_writes_again(tmp_path):
+    journal = CountingJournal(str(tmp_path / "j.jsonl"))
+    commit = GroupCommit(journal)
+    journal.fail_next = True
+    with pytest.raises(OSError, match="disk full"):
+        await commit.append({"n": 1})
+    await commit.append({"n": 2})
+    assert journal.read() == [{"n": 2}]
+
+
+async def test_a_cancelled_appender_does_not_strand_the_others(tmp_path):
+    journal = CountingJournal(str(tmp_path / "j.jsonl"))
+    commit = GroupCommit(journal)
+    first = asyncio.create_task(commit.append({"n": 1}))  # starts the write
+    await asyncio.sleep(0)
+    others = [asyncio.create_task(commit.append({"n": n})) for n in (2, 3)]
+    first.cancel()
+    await asyncio.wait_for(asyncio.gather(*others), timeout=10)
+    await commit.aclose()
+    assert [r["n"] for r in journal.read()] == [1, 2, 3]  # a cancelled caller's record is still written
+
+
+async def test_group_commit_pack_merges_a_group_and_no_journal_keeps_nothing(tmp_path):
+    journal = CountingJournal(str(tmp_path / "j.jsonl"))
+    commit = GroupCommit(journal, pack=lambda records: [{"sum": sum(r["n"] for r in records)}])
+    await asyncio.gather(*(commit.append({"n": n}) for n in range(1, 11)))
+    assert sum(r["sum"] for r in journal.read()) == 55 and len(journal.read()) == journal.writes
+    await GroupCommit(None).append({"n": 1})  # a batch that need not resume
+
+
+# --- Location: files written whole ----------------------------------------------------------------------------
+
+
+def test_location_replaces_a_file_whole_or_not_at_all(tmp_path):
+    where = Location(str(tmp_path / "deep" / "state.json"))
+    assert where.read_bytes() is None
+    where.write_bytes(b"old")
+    with pytest.raises(RuntimeError), where.writer() as fh:
+        fh.write(b"half of the new")
+        raise RuntimeError("crashed while writing")
+    assert where.read_bytes() == b"old"
+    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["state.json"]  # no temp file left
+
+
+def test_location_s3_needs_a_bucket_block_and_a_key():
+    with pytest.raises(InputError, match="S3 bucket block"):
+        Location("s3://bucket/state.json", field="state")
+    with pytest.raises(InputError, match="not s3://bucket/key"):
+        Location("s3://bucket/", object(), field="state")
+
+
+def test_default_state_names_a_job_by_its_identity():
+    a = default_state("flow", {"source": "x", "target": 1})
+    assert a == default_state("flow", {"target": 1, "source": "x"}) != default_state("flow", {"source": "y"})
+    assert a.startswith(".pipeline-state/flow/") and a.endswith(".jsonl")
