@@ -100,7 +100,15 @@ class EventOutcome(BaseModel):
 
 class SendingStopped(RuntimeError):
     """Sending cannot go on: Miniviz refused the token or the project, or too many events failed in a row.
-    Everything acknowledged before is journaled (with a journal), so a later run can resume."""
+    Everything acknowledged before is journaled (with a journal), so a later run can resume. ``outcomes``: the
+    batch's outcomes (events not tried once sending stopped are ``failed``), so none goes uncounted."""
+
+    def __init__(self, message: str, outcomes: Sequence[EventOutcome] = ()) -> None:
+        super().__init__(message)
+        self.outcomes = list(outcomes)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # Prefect may pickle a task's exception: keep the outcomes
+        return type(self), (str(self), self.outcomes)
 
 
 class MinivizDataSender:
@@ -140,6 +148,7 @@ class MinivizDataSender:
         self.max_consecutive_failures = max_consecutive_failures
         self.progress = progress
         self.consecutive_failures = 0
+        self.stopped = ""  # why sending stopped, once it has
         self._slots: asyncio.Semaphore | None = None
         self._commit = GroupCommit(journal, pack=merge_sent_records)
 
@@ -182,6 +191,8 @@ class MinivizDataSender:
                     group.create_task(self._one(client, key, index, event, outcomes))
         except BaseExceptionGroup as group_error:
             raise _first_leaf(group_error) from None
+        if self.stopped:
+            raise SendingStopped(self.stopped, outcomes)
         return outcomes
 
     async def _one(self, client: Any, key: str, index: int, event: Any, outcomes: list[Any]) -> None:
@@ -193,15 +204,21 @@ class MinivizDataSender:
             outcomes[index] = self._not_sent(index, InputError("event", f"has no {' or '.join(missing)}"))
             return
         async with self._slots:
+            if self.stopped:  # the other events of every batch end at once, each with its outcome
+                outcomes[index] = EventOutcome(index=index, status="failed", error=f"not sent: {self.stopped}")
+                return
             try:
                 ack = await client.send_data(label_key, payload, timestamp)
             except (AuthError, NotFoundError) as exc:
-                raise SendingStopped(f"Miniviz refused the project or token: {exc}") from None
+                self.stopped = f"Miniviz refused the project or token: {exc}"
+                outcomes[index] = EventOutcome(index=index, status="failed", error=str(exc))
+                return
             except (ApiError, InputError) as exc:
                 outcomes[index] = self._not_sent(index, exc)
                 return
             self.consecutive_failures = 0
-            await self._commit.append({"t": "sent", "f": key, "r": [[seq, seq + 1]]})
+            if self.journal is not None:
+                await self._commit.append({"t": "sent", "f": key, "r": [[seq, seq + 1]]})
             outcomes[index] = EventOutcome(index=index, status="done", event_id=ack.id)
             if self.progress is not None:
                 self.progress.sent += 1
@@ -212,8 +229,8 @@ class MinivizDataSender:
             self.progress.failed += 1
         self.consecutive_failures += 1
         limit = self.max_consecutive_failures
-        if limit is not None and self.consecutive_failures >= limit:
-            raise SendingStopped(
+        if limit is not None and self.consecutive_failures >= limit and not self.stopped:
+            self.stopped = (
                 f"{self.consecutive_failures} events failed in a row (last: {exc}); stopping so a later "
                 "run can resume"
             )

@@ -26,6 +26,7 @@ from flows.micrio_migration.report import report_run
 from flows.micrio_migration.run_journal import RunJournal, default_journal_location
 from flows.micrio_migration.sources import ContentCheck, read_sources
 from tasks.run_state import finish
+from tasks.state import StateRoot
 from tasks.storage import s3_client_for
 
 
@@ -64,11 +65,17 @@ async def migrate_to_micrio(
     logger = get_run_logger()
     deadline = time.monotonic() + polling.timeout_minutes * 60
     credentials = await MicrioCredentials.resolve(micrio_block)
-    s3 = await s3_client_for(s3_bucket_block, [source, outputs.journal, outputs.report])
+    state = await StateRoot.current(outputs.state_root)
+    state.check_local([source], "source")
+    state.check_local([outputs.journal, outputs.report], "outputs")
+    report = outputs.report or state.report("micrio-migration")
+    s3 = await s3_client_for(
+        s3_bucket_block or state.s3_bucket_block, [source, outputs.journal, report, state.root]
+    )
 
     sources = await asyncio.to_thread(read_sources, source, s3)
     logger.info("read %s as %s: %d source(s)", source, sources.read_as, len(sources.items))
-    journal = RunJournal(outputs.journal or default_journal_location(sources.where, target), s3)
+    journal = RunJournal(outputs.journal or default_journal_location(state, sources.where, target), s3)
     replayed = await journal.resume(sources.items, retry_failed, adding.max_attempts, logger)
     folder_id = await target_folder(target, replayed.folder_id, credentials, journal, logger)
     index = await FolderIndex.open(folder_id, s3, journal.location, sources.where, sources.items)
@@ -88,7 +95,7 @@ async def migrate_to_micrio(
                 break
     await migration.update_progress()
 
-    summary, counts = await report_run(sources, migration, replayed, outputs.report, journal.location, s3)
+    summary, counts = await report_run(sources, migration, replayed, report, journal.location, s3)
     if replayed.resumed:
         logger.info("%s; this run added %d", replayed.resumed, migration.added_this_run)
     return finish(

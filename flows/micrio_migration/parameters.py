@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.state import state_root_field
+
 
 class ExistingFolder(BaseModel):
     """Add the images to a folder that exists."""
@@ -94,6 +96,7 @@ class OutputOptions(BaseModel):
         "named after the source and target, so re-running the same input resumes. The per-folder index of "
         "added objects (no duplicates across sources) lives in the folders/ folder beside it.",
     )
+    state_root: str = state_root_field()
 
 
 class MigrationSummary(BaseModel):

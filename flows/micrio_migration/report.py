@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
@@ -49,7 +48,6 @@ async def report_run(
     if in_flight and not stopped:
         problems.append(f"{in_flight} image(s) still processing after the timeout: a re-run polls them")
     rows = [report_row(i, migration.max_attempts, stopped) for i in sources.items]
-    location = location or f"reports/micrio-migration-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.csv"
     await asyncio.to_thread(write_table, report_frame(rows), location, s3)
     counts = Counter(r["outcome"] for r in rows)
     summary = MigrationSummary(

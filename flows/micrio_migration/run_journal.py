@@ -16,7 +16,7 @@ from typing import Any
 from flows.micrio_migration.items import Item
 from flows.micrio_migration.parameters import ExistingFolder, NewFolder
 from tasks.journal import GroupCommit, Journal
-from tasks.state import default_state
+from tasks.state import StateRoot
 
 
 @dataclass
@@ -72,14 +72,15 @@ def replay(records: list[dict[str, Any]], items: dict[str, Item]) -> Replayed:
     return Replayed(folder_id, unknown, next_batch, bool(records))
 
 
-def default_journal_location(where: str, target: ExistingFolder | NewFolder) -> str:
-    """A file under ``.pipeline-state/micrio-migration/`` named after the source and target, so re-running the same input resumes."""
+def default_journal_location(state: StateRoot, where: str, target: ExistingFolder | NewFolder) -> str:
+    """A file under ``<state root>/micrio-migration/`` named after the source and target, so re-running the
+    same input resumes."""
     key = (
         {"folder_id": target.folder_id}
         if isinstance(target, ExistingFolder)
         else {"parent": target.parent_id, "name": target.name, "type": target.type}
     )
-    return default_state("micrio-migration", [where, key])
+    return state.location("micrio-migration", [where, key])
 
 
 class RunJournal:

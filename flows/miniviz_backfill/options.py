@@ -8,6 +8,8 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from tasks.state import state_root_field
+
 from .spec import (
     BackfillSpec,
     Decimal,
@@ -163,7 +165,7 @@ class OutputOptions(BaseModel):
     journal: str = Field(
         "",
         description="Where progress is journaled, a file or an s3://bucket/prefix/. Empty: a file under "
-        ".pipeline-state/miniviz-backfill/ named after the source, project and transform.",
+        "the state root's miniviz-backfill/ folder, named after the source, project and transform.",
     )
     report: str = Field(
         "",
@@ -174,6 +176,7 @@ class OutputOptions(BaseModel):
         description="CSV of rejected rows and failed events with the reason. Empty: next to the report, ending "
         "in -dead-letter.csv.",
     )
+    state_root: str = state_root_field()
 
 
 def build_spec(csv: CsvOptions, timestamps: TimestampOptions, events: EventOptions) -> BackfillSpec:

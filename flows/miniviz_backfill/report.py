@@ -192,7 +192,7 @@ def _report_frame(tally: Tally, dry_run: bool, stopped: str = "") -> pd.DataFram
         else:
             status = "done" if c["sent"] + c["already_sent"] == c["events"] else "pending"
         error = tally.file_errors.get(source, "")
-        if status == "pending" and stopped:
+        if status in ("pending", "partial") and stopped:
             error = f"not all sent: the run stopped early ({stopped}); a re-run sends the rest"
         rows.append(
             {

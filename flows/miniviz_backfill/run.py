@@ -4,14 +4,13 @@ and outputs, and the counts the passes fill in."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
 from blocks.miniviz import MinivizCredentials
 from clients.errors import InputError
 from tasks.journal import Journal
-from tasks.state import default_state
+from tasks.state import StateRoot
 from tasks.storage import s3_client_for
 from tasks.tables import list_sources
 
@@ -78,10 +77,16 @@ async def open_run(
 ) -> BackfillRun:
     """Resolve S3, open the journal (refusing one written for other transform parameters), list the files."""
     creds, interval, in_flight = sending_target(creds, pacing)
+    root = await StateRoot.current(outputs.state_root)
+    root.check_local([source], "source")
+    root.check_local([outputs.journal, outputs.report, outputs.dead_letter], "outputs")
+    report = outputs.report or root.report(FLOW_NAME)
     s3_client = await s3_client_for(
-        s3_bucket_block, [source, outputs.journal, outputs.report, outputs.dead_letter]
+        s3_bucket_block or root.s3_bucket_block,
+        [source, outputs.journal, report, outputs.dead_letter, root.root],
     )
-    journal = Journal(outputs.journal or _default_journal(source, creds, spec, pacing.chunk_rows), s3_client)
+    default_journal = _default_journal(root, source, creds, spec, pacing.chunk_rows)
+    journal = Journal(outputs.journal or default_journal, s3_client)
     sent = await asyncio.to_thread(SentIndex.load, journal)
     if sent.specs and spec.fingerprint() not in sent.specs:
         raise InputError(
@@ -94,8 +99,6 @@ async def open_run(
         raise InputError(
             "source", f"{source!r} matches no file", "a CSV/Parquet file, glob, directory or s3:// prefix"
         )
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    report = outputs.report or f"reports/{FLOW_NAME}-{stamp}.csv"
     dead_letters = DeadLetterWriter(outputs.dead_letter or _beside(report, "-dead-letter.csv"), s3_client)
     return BackfillRun(
         source,
@@ -113,7 +116,9 @@ async def open_run(
     )
 
 
-def _default_journal(source: str, creds: MinivizCredentials, spec: BackfillSpec, chunk_rows: int) -> str:
+def _default_journal(
+    root: StateRoot, source: str, creds: MinivizCredentials, spec: BackfillSpec, chunk_rows: int
+) -> str:
     """Named after the input, target project and transform, so re-running the same job resumes."""
     data = {
         "source": source,
@@ -123,7 +128,7 @@ def _default_journal(source: str, creds: MinivizCredentials, spec: BackfillSpec,
         # resampled buckets are emitted per chunk, so the event order depends on the chunk size
         "chunk_rows": chunk_rows if spec.resample_ms else None,
     }
-    return default_state("miniviz-backfill", data)
+    return root.location("miniviz-backfill", data)
 
 
 def _beside(location: str, suffix: str) -> str:

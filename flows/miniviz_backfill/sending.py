@@ -23,7 +23,7 @@ from blocks.base import SESSION_CONNECTIONS
 from blocks.miniviz import MinivizCredentials
 from clients.miniviz import DATA_INTERVAL_S
 from clients.redaction import error_text
-from tasks.miniviz import EventOutcome, MinivizDataSender, send_miniviz_data_batch
+from tasks.miniviz import EventOutcome, MinivizDataSender, SendingStopped, send_miniviz_data_batch
 from tasks.reports import MAX_MARKDOWN_ITEMS
 
 from .checkpoint import file_id
@@ -112,7 +112,12 @@ async def _send_batches(run: BackfillRun, sender: MinivizDataSender, queue: asyn
 
     async def finish_oldest() -> None:
         path, events, batch = running.pop(0)
-        not_sent[path] += _count_batch(run, path, events, await batch)
+        try:
+            outcomes = await batch
+        except SendingStopped as stop:  # every event of the batch still has its outcome: count them
+            not_sent[path] += _count_batch(run, path, events, stop.outcomes)
+            raise
+        not_sent[path] += _count_batch(run, path, events, outcomes)
 
     try:
         while (item := await queue.get()) is not None:
@@ -131,6 +136,11 @@ async def _send_batches(run: BackfillRun, sender: MinivizDataSender, queue: asyn
                     await finish_oldest()
                 if not not_sent[path]:
                     await sender.record({"t": "file_done", "f": fid})
+    except SendingStopped:  # the batch in flight beside it ends at once (the sender stopped): count it too
+        while running:
+            with contextlib.suppress(SendingStopped):
+                await finish_oldest()
+        raise
     finally:
         for *_, batch in running:
             batch.cancel()

@@ -71,6 +71,7 @@ from flows.snapshot_harvest.report import Stages, selection_problems, write_outp
 from flows.snapshot_harvest.rows import CameraResult, select_cameras
 from tasks.reports import Progress
 from tasks.run_state import OUTCOMES, finish
+from tasks.state import StateRoot
 from tasks.storage import BucketRef, bucket_ref
 from tasks.viziosense import list_viziosense_devices
 
@@ -110,6 +111,9 @@ async def harvest_snapshots(
     check_parameters(cameras, s3_layout, miniviz_push, timing)  # before anything is asked of a camera
     viziosense = await load_block(VizioSenseCredentials, viziosense_block)
     bucket = bucket_ref(await load_block(S3Bucket, s3_bucket_block))
+    root = await StateRoot.current(outputs.state_root)
+    root.check_local([outputs.report, outputs.state], "outputs")
+    outputs = outputs.model_copy(update={"report": outputs.report or root.report(FLOW_NAME)})
     miniviz = await load_block(MinivizCredentials, miniviz_block) if miniviz_block else None
     progress = Progress(f"{FLOW_NAME}-progress", "Cameras harvested")
     await progress.update(0, "listing cameras")
@@ -118,7 +122,7 @@ async def harvest_snapshots(
     problems = selection_problems(rows, cameras, listed)
     pending = [r for r in rows if r.outcome == "pending"]
     stages.done("listed")
-    state = await _pacing_state(miniviz, outputs, bucket)
+    state = await _pacing_state(miniviz, outputs.state, root, bucket)
     settings = HarvestSettings.of(s3_layout, miniviz_push, timing, performance)
     async with open_run(viziosense=viziosense, miniviz=miniviz, bucket=bucket, state=state,
                         settings=settings, progress=progress, cameras=rows) as run:  # fmt: skip
@@ -160,12 +164,12 @@ async def _select(
 
 
 async def _pacing_state(
-    miniviz: MinivizCredentials | None, outputs: Outputs, bucket: BucketRef
+    miniviz: MinivizCredentials | None, location: str, root: StateRoot, bucket: BucketRef
 ) -> PacingState | None:
     """The Miniviz pacing state of earlier runs (None without Miniviz); a damaged one is logged and ignored."""
     if miniviz is None:
         return None
-    location = outputs.state or default_state_location(miniviz)
+    location = location or default_state_location(root, miniviz)
     state = PacingState(location, s3_client=bucket.client if location.startswith("s3://") else None)
     await asyncio.to_thread(state.load)
     if state.load_problem:

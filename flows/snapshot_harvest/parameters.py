@@ -14,7 +14,7 @@ from clients.miniviz import MAX_IMAGE_BYTES
 from flows.snapshot_harvest.keys import DEFAULT_KEY_LAYOUT, check_key_layout, snapshot_key
 from flows.snapshot_harvest.labels import check_label_prefix
 from flows.snapshot_harvest.rows import name_matcher
-from tasks.state import default_state
+from tasks.state import StateRoot, state_root_field
 from tasks.storage import check_key
 
 FLOW_NAME = "snapshot-harvest"
@@ -167,7 +167,7 @@ class Outputs(BaseModel):
         "",
         description="Miniviz pacing state: a local JSON file or s3://bucket/key.json (through the S3 Bucket "
         "block's credentials). Runs that share a Miniviz project must share it. Empty: "
-        ".pipeline-state/snapshot-harvest/miniviz-{project}.json.",
+        "miniviz-{project}.json under the state root's snapshot-harvest/ folder.",
     )
     link_expiry_seconds: int = Field(
         86_400,
@@ -176,6 +176,7 @@ class Outputs(BaseModel):
         description="Seconds the presigned links to the originals (links artifact) stay valid, 60 to 604,800 "
         "(7 days).",
     )
+    state_root: str = state_root_field()
 
 
 class HarvestSummary(BaseModel):
@@ -202,10 +203,10 @@ class HarvestSummary(BaseModel):
     state: str | None
 
 
-def default_state_location(credentials: MinivizCredentials) -> str:
+def default_state_location(root: StateRoot, credentials: MinivizCredentials) -> str:
     """One pacing state per Miniviz project (limits are per project + label), named after the project."""
     identity = f"{credentials.base_url}|{credentials.project_id}"
-    return default_state("snapshot-harvest", identity, suffix=".json", prefix="miniviz-")
+    return root.location("snapshot-harvest", identity, suffix=".json", prefix="miniviz-")
 
 
 def check_parameters(

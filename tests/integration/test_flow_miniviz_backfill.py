@@ -26,16 +26,19 @@ import statsmodels.datasets.co2
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL
+from prefect.variables import Variable
 from prefect_aws import S3Bucket
 from pydantic import SecretStr
 from vega_datasets import local_data
 
 from blocks import MinivizCredentials
+from clients.errors import InputError
 from demo.setup import emulator_aws_credentials
 from emulators.launcher import running_emulators
 from flows.miniviz_backfill import miniviz_backfill
 from tasks.miniviz import SendingStopped
 from tasks.run_state import IncompleteRun
+from tasks.state import STATE_VARIABLE
 from tests.conftest import TEST_TIME_SCALE
 
 pytestmark = pytest.mark.integration
@@ -107,7 +110,7 @@ GROUPS = {
     "timestamps": ("timestamp_column", "timestamp_format", "epoch_unit", "timezone", "start", "end"),
     "events": ("label_column", "label_key", "metrics", "rename", "resample", "resample_how", "oversize"),
     "pacing": ("data_interval_seconds", "concurrency", "parallel_connections", "batch_size", "chunk_rows"),
-    "outputs": ("journal", "report", "dead_letter"),
+    "outputs": ("journal", "report", "dead_letter", "state_root"),
 }
 
 
@@ -352,6 +355,61 @@ async def test_s3_prefix_in_s3_journal_and_reports_out(svc, s3, blocks, tmp_path
     assert svc.received()["accepted"] == {"data": 18}
 
 
+# --- the state root: one setting for where every run keeps its state ---------------------------------------
+
+
+@pytest.fixture
+async def state_variable(prefect_harness):
+    """Sets the ``pipelines_state`` Prefect variable for one test, and removes it after."""
+
+    async def set_to(value: dict) -> None:
+        await Variable.aset(STATE_VARIABLE, value, overwrite=True)
+
+    yield set_to
+    await Variable.aunset(STATE_VARIABLE)
+
+
+async def test_a_state_root_in_s3_lets_a_run_resume_on_a_worker_in_another_directory(
+    svc, blocks, s3, emu, tmp_path, monkeypatch, state_variable
+):
+    bucket = emu["s3"].credentials["bucket"]
+    data = tmp_path / "data"
+    data.mkdir()
+    pd.DataFrame(
+        {"timestamp": [T0 + i * MIN for i in range(12)], "label_key": "root-sensor", "v": range(12)}
+    ).to_csv(data / "history.csv", index=False)
+    await state_variable(
+        {"root": f"s3://{bucket}/root", "s3_bucket_block": "backfill-s3", "local_root": str(data)}
+    )
+    params = dict(source=str(data / "history.csv"), miniviz_block="backfill-fast")
+
+    for worker in ("worker-a", "worker-b"):  # two workers, each started in its own directory
+        (tmp_path / worker).mkdir()
+        monkeypatch.chdir(tmp_path / worker)
+        summary = await miniviz_backfill(**params)
+        assert summary.journal.startswith(f"s3://{bucket}/root/miniviz-backfill/"), summary.journal
+        assert summary.report.startswith(f"s3://{bucket}/root/reports/miniviz-backfill-"), summary.report
+        assert not list((tmp_path / worker).iterdir())  # nothing written to the worker's disk
+    assert (summary.events_already_sent, summary.events_sent) == (12, 0)  # worker-b resumed from S3
+    assert svc.received()["accepted"] == {"data": 12}
+
+    outside = tmp_path / "elsewhere.csv"  # a UI user cannot make the worker read or write other files
+    for flat, parameter in (
+        ({"source": str(outside)}, "source"),
+        ({"report": "/etc/cron.d/x.csv"}, "outputs"),
+    ):
+        with pytest.raises(
+            InputError, match=f"{parameter}.*outside the folders runs may use.*allowed: {data}"
+        ):
+            await miniviz_backfill(**grouped(**{**params, **flat}))
+
+
+async def test_a_state_variable_that_is_not_valid_is_refused_with_its_name(blocks, tmp_path, state_variable):
+    await state_variable({"root": "s3://b/p", "colour": "blue"})
+    with pytest.raises(InputError, match="pipelines_state.*colour"):
+        await miniviz_backfill(source=str(tmp_path / "x.csv"), miniviz_block="backfill-fast")
+
+
 # --- resampling across chunk boundaries ----------------------------------------------------------------
 
 
@@ -486,7 +544,9 @@ async def test_a_refused_token_fails_the_run_and_still_writes_the_report(svc, bl
     error = await state.result(raise_on_failure=False)
     assert isinstance(error, SendingStopped) and "refused the project or token" in str(error)
     assert "403" in str(error) and "wrong-token-123" not in str(error) + str(state.message)
-    assert pd.read_csv(tmp_path / "r.csv").status.tolist() == ["pending"]
+    report = pd.read_csv(tmp_path / "r.csv")
+    assert report.status.tolist() == ["partial"] and report.failed.tolist() == [report.events[0]]
+    assert "the run stopped early" in report.error[0]  # every event failed, with the reason
 
 
 # --- real-world historical files: the run's final state tells the truth --------------------------------------

@@ -8,9 +8,7 @@ import sys
 
 import pytest
 
-from clients.errors import InputError
 from tasks.journal import GroupCommit, Journal
-from tasks.state import Location, default_state
 
 
 def test_append_and_read_back_in_order(tmp_path):
@@ -140,30 +138,3 @@ async def test_group_commit_pack_merges_a_group_and_no_journal_keeps_nothing(tmp
     await asyncio.gather(*(commit.append({"n": n}) for n in range(1, 11)))
     assert sum(r["sum"] for r in journal.read()) == 55 and len(journal.read()) == journal.writes
     await GroupCommit(None).append({"n": 1})  # a batch that need not resume
-
-
-# --- Location: files written whole ----------------------------------------------------------------------------
-
-
-def test_location_replaces_a_file_whole_or_not_at_all(tmp_path):
-    where = Location(str(tmp_path / "deep" / "state.json"))
-    assert where.read_bytes() is None
-    where.write_bytes(b"old")
-    with pytest.raises(RuntimeError), where.writer() as fh:
-        fh.write(b"half of the new")
-        raise RuntimeError("crashed while writing")
-    assert where.read_bytes() == b"old"
-    assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["state.json"]  # no temp file left
-
-
-def test_location_s3_needs_a_bucket_block_and_a_key():
-    with pytest.raises(InputError, match="S3 bucket block"):
-        Location("s3://bucket/state.json", field="state")
-    with pytest.raises(InputError, match="not s3://bucket/key"):
-        Location("s3://bucket/", object(), field="state")
-
-
-def test_default_state_names_a_job_by_its_identity():
-    a = default_state("flow", {"source": "x", "target": 1})
-    assert a == default_state("flow", {"target": 1, "source": "x"}) != default_state("flow", {"source": "y"})
-    assert a.startswith(".pipeline-state/flow/") and a.endswith(".jsonl")

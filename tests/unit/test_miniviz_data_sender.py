@@ -5,6 +5,7 @@ event, not journaled."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 from dataclasses import dataclass
 
 import pytest
@@ -122,12 +123,18 @@ async def test_each_event_gets_its_outcome_and_failures_are_not_journaled(tmp_pa
 async def test_a_refused_token_or_too_many_failures_in_a_row_stop_sending(tmp_path):
     journal = Journal(str(tmp_path / "j.jsonl"))
     refused = MinivizDataSender(FakeMiniviz(auth_error=True), 4, journal=journal)
-    with pytest.raises(SendingStopped, match="refused"):
+    with pytest.raises(SendingStopped, match="refused") as stop:
         await refused.send(events(5), "f2")
     await refused.aclose()
+    assert [o.status for o in stop.value.outcomes] == ["failed"] * 5  # every event keeps its outcome
+    assert pickle.loads(pickle.dumps(stop.value)).outcomes == stop.value.outcomes
     failing = MinivizDataSender(FakeMiniviz(fail_labels={"bad"}), 4, max_consecutive_failures=3)
-    with pytest.raises(SendingStopped, match="in a row"):
+    with pytest.raises(SendingStopped, match="in a row") as stop:
         await failing.send(events(10, "bad"))
+    errors = [o.error for o in stop.value.outcomes]
+    assert len(errors) == 10 and sum(e.startswith("not sent: 3 events failed in a row") for e in errors) >= 6
+    with pytest.raises(SendingStopped, match="in a row"):  # a stopped sender sends nothing more
+        await failing.send(events(2))
 
 
 async def test_a_journal_that_cannot_be_written_fails_the_batch(tmp_path):
