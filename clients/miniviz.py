@@ -19,7 +19,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from .errors import InputError
-from .shared_pacing import default_pacing_dir, shared_slot
+from .shared_pacing import default_pacing, shared_slot
 from .timing import SYSTEM_CLOCK, Clock, KeyedPacer, Pacer
 from .transport import HttpService, HttpSettings
 from .wire import time_the_wire
@@ -152,7 +152,9 @@ class MinivizClient(HttpService):
 
     Pacing is shared with every other client of the same project on this machine, in this process or another
     (``clients.shared_pacing``: lock files under ``pacing_dir``, by default ``$PIPELINES_PACING_DIR`` or
-    ``.pipeline-state/pacing``); ``pacing_dir=None`` paces this client alone. A fake clock paces alone too.
+    ``.pipeline-state/pacing``), or on every machine using one Redis (``pacing_dir`` a ``redis://`` URL, by
+    default ``$PIPELINES_PACING_URL``); ``pacing_dir=None`` paces this client alone. A fake clock paces alone
+    too.
     """
 
     service = "miniviz"
@@ -180,9 +182,7 @@ class MinivizClient(HttpService):
         self.auth_mode = auth_mode
         interval = DATA_INTERVAL_S[plan] if data_interval is None else data_interval
         # the limits are the project's: every process of the machine sending to it paces with the others
-        if pacing_dir is DEFAULT:
-            pacing_dir = default_pacing_dir()
-        shared_dir = Path(pacing_dir).resolve() if pacing_dir else None
+        shared_dir = default_pacing() if pacing_dir is DEFAULT else pacing_dir
         project = (self.base_url, project_id)
         self.data_pacer = Pacer(
             interval, clock, wire_lead=WIRE_LEAD_S, shared=shared_slot(shared_dir, "miniviz-data", *project)

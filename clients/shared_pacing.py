@@ -16,7 +16,8 @@ process that just made a call has no head start: the slots go to the waiting pro
 polls until the winner's answer arrives (``POLL_S``; a call in flight is one round trip), then waits for the
 slot after it. Cost per paced call: a few system calls on local files (tens of microseconds).
 
-Why not Prefect's global concurrency limits with slot decay, or Redis: README, "Pacing across runs". No Prefect
+Across machines the same protocol runs on Redis (``$PIPELINES_PACING_URL``, ``clients.redis_pacing``). Why not
+Prefect's global concurrency limits with slot decay: README, "Pacing across runs". No Prefect
 imports here (``clients/``). POSIX only: where ``fcntl`` is missing, pacing stays per process.
 """
 
@@ -28,21 +29,36 @@ import hashlib
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: no shared pacing
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["PACING_DIR_ENV", "SharedSlot", "default_pacing_dir", "shared_slot"]
+__all__ = [
+    "PACING_DIR_ENV",
+    "PACING_URL_ENV",
+    "SharedSlot",
+    "default_pacing",
+    "default_pacing_dir",
+    "shared_slot",
+]
 
 PACING_DIR_ENV = "PIPELINES_PACING_DIR"
+PACING_URL_ENV = "PIPELINES_PACING_URL"  # redis://host:port/db: pacing shared across machines
 DEFAULT_PACING_DIR = ".pipeline-state/pacing"
 # Contend for the slot this long before it opens: room for the paced call's own wire lead (clients/miniviz.py
 # WIRE_LEAD_S) and a late wake-up on a busy machine.
 CONTEND_LEAD_S = 0.010
 # How often a process checks whether another one's call in flight has ended (its answer sets the next slot).
 POLL_S = 0.001
+
+
+def default_pacing() -> Path | str | None:
+    """Where rate limits are shared: ``$PIPELINES_PACING_URL`` (a ``redis://`` URL: every process of every
+    machine using that Redis, ``clients.redis_pacing``), else this machine's pacing directory."""
+    return os.environ.get(PACING_URL_ENV, "").strip() or default_pacing_dir()
 
 
 def default_pacing_dir() -> Path | None:
@@ -152,8 +168,14 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
-def shared_slot(directory: Path | None, *key_parts: str) -> SharedSlot | None:
-    """The slot named by ``key_parts`` under ``directory``; None (pacing per process) without a directory."""
-    if directory is None:
+def shared_slot(where: Path | str | None, *key_parts: str) -> Any:
+    """The slot named by ``key_parts`` under ``where`` (a directory, or a ``redis://`` URL); None (pacing per
+    process) without one."""
+    if not where:
         return None
-    return SharedSlot(directory, "\x1f".join(key_parts))
+    key = "\x1f".join(key_parts)
+    if isinstance(where, str) and where.startswith(("redis://", "rediss://", "unix://")):
+        from .redis_pacing import redis_slot  # only where Redis is used
+
+        return redis_slot(where, key)
+    return SharedSlot(Path(where).resolve(), key)

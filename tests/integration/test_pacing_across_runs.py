@@ -1,7 +1,8 @@
 """Two flow runs in two processes sending to one Miniviz project at once: a snapshot harvest and a backfill.
 
 Each run has its own client (a worker runs each flow run in a process of its own), so only the pacing shared
-by the machine's processes (clients/shared_pacing.py) keeps them apart. The emulator stamps every arrival and
+by the machine's processes (clients/shared_pacing.py) keeps them apart; on two workers (two directories, two
+pacing directories), only the pacing shared through Redis (clients/redis_pacing.py). The emulator stamps every arrival and
 answers 429 to a data event within the project's interval (Pro: 15 s, 0.15 s here) and to a second image of a
 label within its image interval: zero 429 at ``/_emulator/received`` means neither run took the other's slot.
 With pacing per process, the backfill's events land between the harvest's and both collect 429s.
@@ -16,16 +17,18 @@ import pytest
 from pydantic import SecretStr
 
 from blocks import MinivizCredentials, VizioSenseCredentials
+from clients.shared_pacing import PACING_URL_ENV
 from emulators.launcher import running_emulators
 from tests.conftest import TEST_TIME_SCALE
 from tests.reliability.flowkit import FlowProcess, save_s3_block, warm_up
+from tests.reliability.prefect_stack import REDIS_HOST, REDIS_PORT, require_services
 
 pytestmark = pytest.mark.integration
 
 PROJECT, TOKEN = "shared-project", "mvz-shared-project"
 DATA_INTERVAL = 15 * TEST_TIME_SCALE  # the Pro interval on the emulator's scaled clock
 IMAGE_INTERVAL = 30.0  # real seconds, for the emulator and the block alike
-BACKFILL_ROWS = 40
+BACKFILL_ROWS = 80  # 12 s of paced events: the harvest starts well within them, even on a busy machine
 T0 = 1_704_067_200_000
 TIMEOUT = 240  # a hang guard only
 
@@ -96,12 +99,27 @@ def finished(run: FlowProcess) -> dict:
     return run.summary()
 
 
-def test_a_harvest_and_a_backfill_on_one_project_at_once_collect_no_429(emu, blocks, tmp_path):
+def workers(tmp_path, shared_by: str) -> list[dict[str, str] | None]:
+    """The settings of the two runs' processes: on one machine (the test's pacing directory), or on two
+    workers in directories of their own, each with its own pacing directory and one Redis between them."""
+    if shared_by == "machine":
+        return [None, None]
+    require_services({"Redis": (REDIS_HOST, REDIS_PORT)})
+    dirs = [tmp_path / "worker-a", tmp_path / "worker-b"]
+    url = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+    for d in dirs:
+        d.mkdir()
+    return [{"PWD": str(d), "PIPELINES_PACING_DIR": str(d / "pacing"), PACING_URL_ENV: url} for d in dirs]
+
+
+@pytest.mark.parametrize("shared_by", ["machine", "redis"])
+def test_a_harvest_and_a_backfill_on_one_project_at_once_collect_no_429(emu, blocks, tmp_path, shared_by):
     miniviz = emu["miniviz"]
     for service in emu.values():
         service.reset()
-    backfill = FlowProcess("backfill", backfill_params(blocks, tmp_path), tmp_path, 1)
-    harvest = FlowProcess("harvest", harvest_params(blocks, tmp_path), tmp_path, 2)
+    backfill_env, harvest_env = workers(tmp_path, shared_by)
+    backfill = FlowProcess("backfill", backfill_params(blocks, tmp_path), tmp_path, 1, backfill_env)
+    harvest = FlowProcess("harvest", harvest_params(blocks, tmp_path), tmp_path, 2, harvest_env)
     try:
         backfilled, harvested = finished(backfill), finished(harvest)
     finally:

@@ -59,13 +59,14 @@ def warm_up() -> None:
 
 
 def _child(
-    target: str, params: dict[str, Any], api_url: str, log_path: str, result_path: str, pacing_dir: str | None
+    target: str, params: dict[str, Any], api_url: str, log_path: str, result_path: str, env: dict[str, str]
 ) -> None:
     """Child process body: run the flow, write its summary as JSON with the final state (``run_state``,
-    ``run_message``). Other exceptions exit with code 1. ``pacing_dir``: the test's shared pacing files (the
-    forkserver's environment is the one it started with)."""
-    if pacing_dir is not None:
-        os.environ["PIPELINES_PACING_DIR"] = pacing_dir
+    ``run_message``). Other exceptions exit with code 1. ``env``: the test's settings, e.g. its shared pacing
+    files (the forkserver's environment is the one it started with); ``PWD`` is the directory to run in."""
+    os.environ.update(env)
+    if "PWD" in env:
+        os.chdir(env["PWD"])
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -87,8 +88,15 @@ def _child(
 class FlowProcess:
     """One flow run in a forked child. ``kill()`` is ``kill -9``; ``summary()`` reads what a finished run returned."""
 
-    def __init__(self, flow: str, params: dict[str, Any], workdir: Path, number: int) -> None:
+    def __init__(
+        self, flow: str, params: dict[str, Any], workdir: Path, number: int, env: dict[str, str] | None = None
+    ) -> None:
+        """``env``: settings of this run's process (default: the test's shared pacing directory)."""
         from prefect.settings import PREFECT_API_URL
+
+        if env is None:
+            pacing = os.environ.get("PIPELINES_PACING_DIR")
+            env = {"PIPELINES_PACING_DIR": pacing} if pacing is not None else {}
 
         self.log_path = workdir / f"run-{number}.log"
         self.result_path = workdir / f"run-{number}.json"
@@ -100,7 +108,7 @@ class FlowProcess:
                 PREFECT_API_URL.value(),
                 str(self.log_path),
                 str(self.result_path),
-                os.environ.get("PIPELINES_PACING_DIR"),
+                env,
             ),
             daemon=True,
         )

@@ -21,11 +21,12 @@ INTERVAL = 0.05
 CALLS = 6
 
 
-def _paced_calls(directory: str | None, start_at: float, out: str) -> None:
-    """A process making ``CALLS`` paced calls; writes (start, end) of each, on the machine's monotonic clock."""
+def _paced_calls(where: str | None, start_at: float, out: str, key: str = "limit") -> None:
+    """A process making ``CALLS`` paced calls; writes (start, end) of each, on the machine's monotonic clock.
+    ``where``: a pacing directory or a Redis URL (None: pacing alone)."""
 
     async def main() -> list[tuple[float, float]]:
-        pacer = Pacer(INTERVAL, shared=shared_slot(Path(directory), "limit") if directory else None)
+        pacer = Pacer(INTERVAL, shared=shared_slot(where, key))
         while time.monotonic() < start_at:  # both processes start together
             await asyncio.sleep(0.001)
         calls = []
@@ -39,12 +40,12 @@ def _paced_calls(directory: str | None, start_at: float, out: str) -> None:
     Path(out).write_text(json.dumps(asyncio.run(main())))
 
 
-def _two_processes(tmp_path: Path, directory: Path | None) -> list[tuple[float, float]]:
+def _two_processes(tmp_path: Path, where: Path | str | None, key: str = "limit") -> list[tuple[float, float]]:
     ctx = multiprocessing.get_context("spawn")
     start_at = time.monotonic() + 3.0  # after both interpreters are up
     outs = [tmp_path / f"calls-{n}.json" for n in range(2)]
     procs = [
-        ctx.Process(target=_paced_calls, args=(str(directory) if directory else None, start_at, str(out)))
+        ctx.Process(target=_paced_calls, args=(str(where) if where else None, start_at, str(out), key))
         for out in outs
     ]
     for proc in procs:
