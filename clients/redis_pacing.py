@@ -14,15 +14,13 @@ round trip, well under a millisecond on a LAN). Cost per paced call: three or fo
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 import time
-from typing import Any
 
 import redis
 
-from .shared_pacing import CONTEND_LEAD_S
+from .shared_pacing import Slot
 
 KEY_PREFIX = "pipelines:pacing:"
 LOCK_TTL_MS = 120_000  # longer than any one call with its timeout; only a dead holder's lock ever expires
@@ -52,17 +50,19 @@ return 0
 """
 
 
-class RedisSlot:
-    """One rate limit shared through Redis (see the module doc); the interface of ``SharedSlot``."""
+class RedisSlot(Slot):
+    """One rate limit shared through Redis (see the module doc)."""
+
+    poll_s = POLL_S
 
     def __init__(self, client: redis.Redis, key: str) -> None:
+        super().__init__()
         name = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
         self._redis = client
         self._lock_key, self._next_key = f"{KEY_PREFIX}{name}:lock", f"{KEY_PREFIX}{name}:next"
         self._next_in = client.register_script(_NEXT_IN)
         self._push_in = client.register_script(_PUSH_IN)
         self._release = client.register_script(_RELEASE)
-        self._token: str | None = None  # set while this process holds the slot
 
     def next_allowed(self) -> float:
         """When the next call may start, on this process's ``CLOCK_MONOTONIC``."""
@@ -77,25 +77,13 @@ class RedisSlot:
     def busy(self) -> bool:
         return bool(self._redis.exists(self._lock_key))
 
-    async def acquire(self, sleep_until: Any) -> float:
-        """Hold the slot (once it is about to open); returns the next-allowed time to wait for."""
+    # holding the slot: a token of this holder's own
+    def _try_hold(self) -> str | None:
         token = secrets.token_hex(8)
-        while True:
-            await sleep_until(self.next_allowed() - CONTEND_LEAD_S)
-            if self._redis.set(self._lock_key, token, nx=True, px=LOCK_TTL_MS):
-                self._token = token
-                return self.next_allowed()  # the last holder may have written it as we waited
-            await asyncio.sleep(POLL_S)  # another process's call is in flight
+        return token if self._redis.set(self._lock_key, token, nx=True, px=LOCK_TTL_MS) else None
 
-    def release(self, next_allowed: float) -> None:
-        """Leave ``next_allowed`` for the others and let go of the slot."""
-        token, self._token = self._token, None
-        if token is None:
-            return
-        try:
-            self.push_next(next_allowed)
-        finally:
-            self._release(keys=[self._lock_key], args=[token])
+    def _let_go(self, held: str) -> None:
+        self._release(keys=[self._lock_key], args=[held])
 
 
 _clients: dict[str, redis.Redis] = {}

@@ -81,15 +81,59 @@ def _boot_id() -> str:
 BOOT_ID = _boot_id()
 
 
-class SharedSlot:
+class Slot:
+    """Holding one shared rate limit's slot; a subclass says where the lock and the next moment live."""
+
+    def __init__(self) -> None:
+        self._held: Any = None  # what holds the slot while this process does (a lock file, a token)
+
+    def next_allowed(self) -> float:  # pragma: no cover - each kind implements it
+        raise NotImplementedError
+
+    def push_next(self, at: float) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _try_hold(self) -> Any:
+        """Take the lock if it is free: what holds it, or None."""
+        raise NotImplementedError  # pragma: no cover
+
+    def _let_go(self, held: Any) -> None:
+        raise NotImplementedError  # pragma: no cover
+
+    async def acquire(self, sleep_until: Any) -> float:
+        """Hold the slot (once it is about to open); returns the next-allowed time to wait for.
+
+        ``sleep_until(deadline)`` is the pacer's precise sleep on its clock (``CLOCK_MONOTONIC``)."""
+        while True:
+            await sleep_until(self.next_allowed() - CONTEND_LEAD_S)
+            held = self._try_hold()
+            if held is not None:
+                self._held = held
+                return self.next_allowed()  # the last holder may have written it as we waited
+            await asyncio.sleep(self.poll_s)  # another process's call is in flight
+
+    def release(self, next_allowed: float) -> None:
+        """Leave ``next_allowed`` for the others and let go of the slot."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        try:
+            self.push_next(next_allowed)
+        finally:
+            self._let_go(held)
+
+
+class SharedSlot(Slot):
     """One rate limit shared by the processes of this machine (see the module doc)."""
 
+    poll_s = POLL_S
+
     def __init__(self, directory: Path, key: str) -> None:
+        super().__init__()
         directory.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]  # any key, a safe file name
         self.lock_path = directory / f"{name}.lock"
         self.next_path = directory / f"{name}.next"
-        self._held: int | None = None  # the lock file's descriptor while this process holds the slot
 
     # the next slot's time
     def next_allowed(self) -> float:
@@ -129,33 +173,16 @@ class SharedSlot:
         finally:
             os.close(fd)
 
-    # holding the slot
-    async def acquire(self, sleep_until) -> float:
-        """Hold the slot (once it is about to open); returns the next-allowed time to wait for.
-
-        ``sleep_until(deadline)`` is the pacer's precise sleep on its clock (``CLOCK_MONOTONIC``)."""
+    # holding the slot: the lock file's descriptor
+    def _try_hold(self) -> int | None:
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            while True:
-                await sleep_until(self.next_allowed() - CONTEND_LEAD_S)
-                if _try_lock(fd):
-                    self._held = fd
-                    return self.next_allowed()  # the last holder may have written it as we waited
-                await asyncio.sleep(POLL_S)  # another process's call is in flight
-        except BaseException:
-            if self._held is None:
-                os.close(fd)
-            raise
+        if _try_lock(fd):
+            return fd
+        os.close(fd)
+        return None
 
-    def release(self, next_allowed: float) -> None:
-        """Leave ``next_allowed`` for the others and let go of the slot."""
-        fd, self._held = self._held, None
-        if fd is None:
-            return
-        try:
-            self.push_next(next_allowed)
-        finally:
-            os.close(fd)  # drops the lock
+    def _let_go(self, held: int) -> None:
+        os.close(held)  # drops the lock
 
 
 def _try_lock(fd: int) -> bool:

@@ -2,7 +2,9 @@
 
 Local journals are one JSON-lines file, flushed and fsynced on every append, so a record that ``append``
 returned for survives a ``kill -9`` or a power cut. S3 journals write one object per append under a prefix
-(S3 has no append); reading lists them in order. A torn last line (the process died mid-write) is ignored
+(S3 has no append); reading lists them in order. Several processes may append to one journal (runs sharing a
+folder index): local appends hold an ``flock``, and each S3 writer names its objects with a token of its own
+(``<sequence>-<writer>.jsonl``), so no writer overwrites another's and each one's records stay in order. A torn last line (the process died mid-write) is ignored
 by readers, and repaired before the next local append so that the new record starts on a line of its own.
 
 ``GroupCommit`` is how async code appends: records that arrive while a write is in progress are written
@@ -12,9 +14,11 @@ together by the next one (one fsync or one S3 object for many records), in a wor
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,6 +35,7 @@ class Journal:
         self.location = location
         self._s3 = s3_client
         self._seq: int | None = None
+        self._writer = secrets.token_hex(4)  # this writer's S3 object names never meet another's
         if location.startswith("s3://"):
             if s3_client is None:
                 raise ValueError(f"journal {location}: an S3 client is needed for s3:// journals")
@@ -73,11 +78,12 @@ class Journal:
         if self.is_s3:
             if self._seq is None:
                 self._seq = len(self._segment_keys())
-            key = f"{self._prefix}{self._seq:09d}.jsonl"
+            key = f"{self._prefix}{self._seq:09d}-{self._writer}.jsonl"
             self._s3.put_object(Bucket=self._bucket, Key=key, Body=payload.encode("utf-8"))
             self._seq += 1
             return
         with open(self.location, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # another process's append is whole before this one starts
             _repair_tail(fh, self.location)
             fh.write(payload.encode("utf-8"))
             fh.flush()

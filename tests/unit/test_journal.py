@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import subprocess
 import sys
 
@@ -76,6 +77,36 @@ def test_s3_journal_writes_one_object_per_append_and_reads_them_in_order():
     assert [r["a"] for r in again.read()] == [1, 2, 3]
     again.append({"a": 4})
     assert [r["a"] for r in Journal("s3://bucket/journals/run1", s3_client=s3).read()] == [1, 2, 3, 4]
+
+
+def test_two_s3_writers_on_one_prefix_lose_nothing_and_keep_their_own_order():
+    s3 = FakeS3()
+    a, b = Journal("s3://bucket/index", s3_client=s3), Journal("s3://bucket/index", s3_client=s3)
+    for n in range(3):  # both opened the prefix at the same count: their sequence numbers meet
+        a.append({"w": "a", "n": n})
+        b.append({"w": "b", "n": n})
+    records = Journal("s3://bucket/index", s3_client=s3).read()
+    assert len(records) == 6 == len(s3.objects)
+    assert [r["n"] for r in records if r["w"] == "a"] == [0, 1, 2] == [r["n"] for r in records if r["w"] == "b"]
+
+
+def _append_many(path: str, writer: str) -> None:
+    journal = Journal(path)
+    for n in range(200):
+        journal.append({"w": writer, "n": n, "pad": "x" * 3000})  # a record bigger than a pipe's atomic write
+
+
+def test_processes_appending_to_one_local_journal_write_whole_records(tmp_path):
+    path = str(tmp_path / "shared.jsonl")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(path, w)) for w in "abc"]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    records = Journal(path).read()
+    assert sorted((r["w"], r["n"]) for r in records) == [(w, n) for w in "abc" for n in range(200)]
 
 
 def test_s3_journal_needs_a_client():
