@@ -217,11 +217,27 @@ def _setup() -> None:
         [sys.executable, "-c", "import demo.stack as s; s._save_blocks_and_inputs()"], env=_env(), check=True
     )
     print("Creating the work pool and deploying every flow ...", flush=True)
-    _prefect("work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
+    template = process_pool_template(Path.cwd(), RUN_DIR / "work-pool.json")
+    _prefect(
+        "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite", "--base-job-template", template
+    )
     _prefect("--no-prompt", "deploy", "--all")
     procs = _recorded()
     procs[SETUP] = {name: procs[name]["started"] for name in ("emulators", "prefect-server")}
     _write(procs)
+
+
+def process_pool_template(working_dir: Path, into: Path) -> str:
+    """A process work pool's job template whose flow runs start in ``working_dir``: the deployments name no
+    directory (prefect.yaml), and without one the worker runs each flow in a temporary directory it deletes
+    afterwards, with the reports and journals a run keeps locally. Written to ``into``; its path."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    template["variables"]["properties"]["working_dir"]["default"] = str(working_dir.resolve())
+    into.parent.mkdir(parents=True, exist_ok=True)
+    into.write_text(json.dumps(template, indent=2))
+    return str(into)
 
 
 def _setup_current(procs: Mapping[str, Any]) -> bool:

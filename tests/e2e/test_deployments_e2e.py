@@ -12,6 +12,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 from prefect.deployments import run_deployment
 
 from tests.e2e.conftest import TIME_SCALE
+from tests.reliability.prefect_stack import ROOT
 
 # The `stack` fixture (tests/e2e/conftest.py): a Prefect server with its UI, the emulators, the demo blocks and
 # inputs, every deployment of prefect.yaml, and one worker; shared with test_ui_forms.py.
@@ -119,3 +120,26 @@ async def test_miniviz_backfill_deployment(stack, tmp_path):
     assert "miniviz-backfill-summary" in await artifacts_of(flow_run.id)
     got = emu["miniviz"].received()
     assert got["accepted"]["data"] >= 6 and got["duplicates"] == {} and "429" not in got["rejected_by_status"]
+
+
+async def test_worker_outside_the_checkout_keeps_state_where_it_started(stack, worker_dir):
+    """The worker was started in a temporary directory (tests/e2e/conftest.py): the deployment imports the flow
+    from the installed package, and a run that names no outputs writes its report under the pool's working_dir
+    (set as `make up` sets it), not under the checkout nor in a throw-away directory of the worker's."""
+    emu, logs = stack
+    async with get_client() as client:
+        deployment = await client.read_deployment_by_name("snapshot-harvest/snapshot-harvest-every-15m")
+    assert deployment.entrypoint == "flows.snapshot_harvest.flow.harvest_snapshots"
+    in_checkout = set((ROOT / "reports").glob("snapshot-harvest-*.csv"))
+    await run(
+        "snapshot-harvest/snapshot-harvest-every-15m",
+        {
+            "timing": {"ready_after_seconds": 20 * TIME_SCALE, "poll_interval_seconds": 0.1},
+            "miniviz_push": {"data_event_budget_seconds": 60 * TIME_SCALE},
+        },
+        logs,
+    )
+    reports = list((worker_dir / "reports").glob("snapshot-harvest-*.csv"))
+    assert len(reports) == 1, f"{reports}\n{logs.read_text()[-3000:]}"
+    assert len(pd.read_csv(reports[0])) == 13  # every camera of the demo fleet: 11 delivered, 2 skipped
+    assert set((ROOT / "reports").glob("snapshot-harvest-*.csv")) == in_checkout
