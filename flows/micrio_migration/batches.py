@@ -70,6 +70,21 @@ class Migration:
         self.refused: str | None = None
         self.unreachable: str | None = None
 
+    async def run(self, checking: Any, deadline: float) -> None:
+        """Add the checked items batch by batch and poll what is in flight, until all are final, the deadline
+        passes or Micrio cannot be reached; ``checking`` (``sources.ContentCheck``) checks a chunk ahead."""
+        while time.monotonic() < deadline and not self.unreachable:
+            batch = self.next_batch(checking.finished)
+            if batch is None:
+                await checking.next_chunk()  # a full batch once the next chunk is checked
+            elif batch:
+                await self.add(batch)
+            elif self.in_flight():
+                await self.poll(deadline)
+            else:
+                break
+        await self.update_progress()
+
     def next_batch(self, all_checked: bool) -> list[Item] | None:
         """Up to a batch of checked items to add; None to wait for the content check (less than a batch is
         checked and more is coming); empty when nothing is left to add."""

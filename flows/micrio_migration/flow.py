@@ -24,7 +24,9 @@ from flows.micrio_migration.parameters import (
 )
 from flows.micrio_migration.report import report_run
 from flows.micrio_migration.run_journal import RunJournal, default_journal_location
+from flows.micrio_migration.shards import migrate_in_shards, take_shard
 from flows.micrio_migration.sources import ContentCheck, read_sources
+from tasks.fan_out import FanOut, write_shard_summary
 from tasks.run_state import finish
 from tasks.state import StateRoot
 from tasks.storage import s3_client_for
@@ -40,6 +42,7 @@ async def migrate_to_micrio(
     adding: AddingOptions = AddingOptions(),  # noqa: B008 (a pydantic model, read only)
     polling: PollingOptions = PollingOptions(),  # noqa: B008 (a pydantic model, read only)
     outputs: OutputOptions = OutputOptions(),  # noqa: B008 (a pydantic model, read only)
+    fan_out: FanOut = FanOut(),  # noqa: B008 (a pydantic model, read only)
 ) -> MigrationSummary:
     """Add images to Micrio and follow their tiling to the end; resumable.
 
@@ -61,6 +64,7 @@ async def migrate_to_micrio(
         adding: Batch size, attempts per image, presigned URL validity.
         polling: Waits between status rounds and when to stop.
         outputs: Report and journal locations (empty: defaults, see each field).
+        fan_out: Shards on the work pool for big jobs (shard size 0: all in this run).
     """
     logger = get_run_logger()
     deadline = time.monotonic() + polling.timeout_minutes * 60
@@ -74,28 +78,31 @@ async def migrate_to_micrio(
     )
 
     sources = await asyncio.to_thread(read_sources, source, s3)
+    if fan_out.shard.is_shard:
+        take_shard(sources, fan_out.shard)
     logger.info("read %s as %s: %d source(s)", source, sources.read_as, len(sources.items))
-    journal = RunJournal(outputs.journal or default_journal_location(state, sources.where, target), s3)
+    journal = RunJournal(
+        outputs.journal or default_journal_location(state, sources.where, target, fan_out.shard), s3
+    )
     replayed = await journal.resume(sources.items, retry_failed, adding.max_attempts, logger)
     folder_id = await target_folder(target, replayed.folder_id, credentials, journal, logger)
+    if fan_out.shard_size and len(sources.items) > fan_out.shard_size:  # a big job: shards on the work pool
+        summary, counts = await migrate_in_shards(
+            sources, folder_id, fan_out, state, report, journal.location, s3
+        )
+        return finish(
+            summary, what="images", counts=counts, report=report, problems=summary.problems, logger=logger
+        )
     index = await FolderIndex.open(folder_id, s3, journal.location, sources.where, sources.items)
 
     migration = Migration(credentials, folder_id, sources.items, journal, index, adding, polling, s3, logger)
     checking = ContentCheck.of(sources, s3, adding.batch_size, adding.max_attempts, index.skip_present)
     async with checking:  # S3 objects are checked in the background, a chunk ahead of the adding
-        while time.monotonic() < deadline and not migration.unreachable:
-            batch = migration.next_batch(checking.finished)
-            if batch is None:
-                await checking.next_chunk()  # a full batch once the next chunk is checked
-            elif batch:
-                await migration.add(batch)
-            elif migration.in_flight():
-                await migration.poll(deadline)
-            else:
-                break
-    await migration.update_progress()
+        await migration.run(checking, deadline)
 
     summary, counts = await report_run(sources, migration, replayed, report, journal.location, s3)
+    if fan_out.shard.is_shard:  # what the parent reads back
+        await asyncio.to_thread(write_shard_summary, report, summary, s3)
     if replayed.resumed:
         logger.info("%s; this run added %d", replayed.resumed, migration.added_this_run)
     return finish(

@@ -15,6 +15,7 @@ from typing import Any
 
 from flows.micrio_migration.items import Item
 from flows.micrio_migration.parameters import ExistingFolder, NewFolder
+from tasks.fan_out import ShardRange
 from tasks.journal import GroupCommit, Journal
 from tasks.state import StateRoot
 
@@ -72,15 +73,18 @@ def replay(records: list[dict[str, Any]], items: dict[str, Item]) -> Replayed:
     return Replayed(folder_id, unknown, next_batch, bool(records))
 
 
-def default_journal_location(state: StateRoot, where: str, target: ExistingFolder | NewFolder) -> str:
-    """A file under ``<state root>/micrio-migration/`` named after the source and target, so re-running the
-    same input resumes."""
+def default_journal_location(
+    state: StateRoot, where: str, target: ExistingFolder | NewFolder, shard: ShardRange
+) -> str:
+    """A file under ``<state root>/micrio-migration/`` named after the source, target and shard range, so
+    re-running the same input resumes."""
     key = (
         {"folder_id": target.folder_id}
         if isinstance(target, ExistingFolder)
         else {"parent": target.parent_id, "name": target.name, "type": target.type}
     )
-    return state.location("micrio-migration", [where, key])
+    identity = [where, key, shard.model_dump()] if shard.is_shard else [where, key]
+    return state.location("micrio-migration", identity)
 
 
 class RunJournal:

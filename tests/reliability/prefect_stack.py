@@ -111,12 +111,12 @@ class ProcessGroup:
         self._starting: list[tuple[str, Child]] = []
         logs.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, args: list[str], env: dict[str, str]) -> Child:
+    def start(self, name: str, args: list[str], env: dict[str, str], cwd: Path = ROOT) -> Child:
         log = self.logs / f"{name}.log"
         with open(log, "wb") as fh:
             proc = subprocess.Popen(
                 [sys.executable, "-m", *args],
-                cwd=ROOT,
+                cwd=cwd,
                 env=env,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
@@ -149,12 +149,15 @@ class ProcessGroup:
         while self._starting:
             wait_healthy(*self._starting.pop(0))
 
-    def start_worker(self, name: str, env: dict[str, str], pool: str, limit: int | None = None) -> Child:
+    def start_worker(
+        self, name: str, env: dict[str, str], pool: str, limit: int | None = None, cwd: Path = ROOT
+    ) -> Child:
+        """A process worker, started in ``cwd`` (another directory than the checkout: a worker machine)."""
         args = ["prefect", "worker", "start", "--pool", pool, "--name", name, "--type", "process"]
         if limit:
             args += ["--limit", str(limit)]
         fast = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
-        return self.start(name, args, {**env, **fast})
+        return self.start(name, args, {**env, **fast}, cwd)
 
     def stop(self) -> None:
         for child in reversed(self.children):
