@@ -13,7 +13,9 @@ download raw and annotated, next) on a 20-camera sample, extrapolated per camera
 (isolated single-process fits of stored originals, the report's per-camera fit timings, and per flow wall
 second); peak RSS of the flow process alone and of the flow plus its fit worker processes (sampled); CPU
 seconds of the flow, its fit workers, each emulator and the Prefect server; task runs; and per-stage
-medians from the report, to see where the time goes.
+medians from the report, to see where the time goes. Per camera: ``cpu_ms_flow_per_camera`` (the flow process
+with its fit workers), the same without the workers, ``fit_cpu_ms_per_frame`` (the workers' CPU, their start
+included, per image fitted) and ``fit_cpu_ms_per_frame_isolated`` (``fit_to_byte_limit`` alone, chained hints).
 """
 
 from __future__ import annotations
@@ -129,12 +131,15 @@ def _isolated_fit_rate(emu: Any, report: pd.DataFrame) -> dict[str, float]:
     keys = report["s3_annotated_key"].dropna().head(FIT_SAMPLE)
     images = [s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys]
     fit_to_byte_limit(images[0], 204_800)  # warm-up: first-use costs are not per image
-    rates = {}
+    rates: dict[str, float] = {}
     for name, chained in (("fit_bytes_per_cpu_s", True), ("fit_bytes_per_cpu_s_no_hint", False)):
         hint, t0 = None, time.process_time()
         for data in images:
             hint = fit_to_byte_limit(data, 204_800, quality_hint=hint if chained else None).quality
-        rates[name] = round(sum(map(len, images)) / (time.process_time() - t0))
+        seconds = time.process_time() - t0
+        rates[name] = round(sum(map(len, images)) / seconds)
+        if chained:  # as the flow fits: each search starts from the previous frame's quality
+            rates["fit_cpu_ms_per_frame_isolated"] = round(1000 * seconds / len(images), 1)
     return rates
 
 
@@ -251,6 +256,10 @@ def snapshot_harvest_500() -> dict[str, Any]:
         "peak_rss_mb_with_fit_workers": round(sampler.peak_rss / 2**20, 1),
         **run.cpu_figures(),
         "cpu_s_fit_workers": round(worker_cpu, 1),
+        # the issue's per-camera figures: the flow process with its fit workers, and the fit alone per frame
+        "cpu_ms_flow_per_camera": round(1000 * run.cpu_s["flow"] / CAMERAS, 1),
+        "cpu_ms_flow_per_camera_without_fit": round(1000 * (run.cpu_s["flow"] - worker_cpu) / CAMERAS, 1),
+        "fit_cpu_ms_per_frame": round(1000 * worker_cpu / len(fitted), 1) if len(fitted) else None,
         "load_average_1m_at_start": round(load_at_start, 2),
         "concurrency": CONCURRENCY,
         "settings": (

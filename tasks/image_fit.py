@@ -34,6 +34,11 @@ SAMPLE_BAND = 16  # rows per sampled band: one JPEG block row (4:2:0 chroma)
 SAMPLE_EVERY = 8  # one band in 8 makes the sample: an encode of it costs ~1/8 of the whole
 _DEFAULT_SLOPE = 1.2  # d log(size) / d _size_axis(q) of typical photos, for the first extrapolation only
 _PNG_SKIP_FACTOR = 2.0  # skip the (slow) optimised PNG when a fast estimate says it is 2x over the limit
+# libjpeg's standard luminance quantisation table (quality 50), summed: the input's own table over this is
+# its quality scale. A size guessed from it alone is off by up to ~2x either way on photos, so it only
+# decides how far to shrink at decode time when even this much bigger would still be half size or less.
+_STD_LUMA_SUM = 3688
+_GUESS_MARGIN = 2.5
 
 
 @dataclass(frozen=True)
@@ -100,16 +105,17 @@ def _for_resizing(img: Image.Image) -> Image.Image:
 
 
 def _png_surely_too_big(img: Image.Image, limit: float) -> bool:
-    """Estimate the PNG size from 8 thin strips at fast compression, stopping as soon as the running
-    estimate passes ``limit``: ~1 ms for a photo, where the real optimised encode takes ~200 ms."""
+    """Estimate the PNG size from 6 two-row strips at fast compression, stopping as soon as the running
+    estimate passes ``limit``: ~0.4 ms for a photo (two or three strips), where the real optimised encode
+    takes ~200 ms. Few rows sampled means few compressed bytes needed to pass the (2x) limit."""
     width, height = img.size
-    strips, rows = 8, 4
+    strips, rows = 6, 2
     if height < strips * rows * 2:
         return False  # small enough to just try
     scale = height / (strips * rows)
     total = 0
     for i in range(strips):
-        top = (height - rows) * i // (strips - 1)
+        top = min(height - rows, (2 * i + 1) * height // (2 * strips))  # strip centres, off the edges
         total += len(_encode(img.crop((0, top, width, top + rows)), "PNG", None, compress_level=1))
         if total * scale > limit:
             return True
@@ -312,11 +318,14 @@ def fit_to_byte_limit(
     3. Only if nothing fits at ``min_quality``, downscale by ``min(scale_step, sqrt(max_bytes / smallest))``
        (bytes scale roughly with pixels) and repeat from 2; a JPEG shrunk to half size or less is decoded
        again at reduced scale (libjpeg's DCT scaling), which is much cheaper to resize. Below ``min_side``
-       px, raise ``InputError``.
+       px, raise ``InputError``. A JPEG whose header (size and quality) says it must shrink to half size or
+       less even with room to spare (``_draft_size``) is decoded once, at reduced scale, and step 2 starts
+       there: the full-size decode is skipped.
 
     The output carries no EXIF (orientation is baked into the pixels); an RGB ICC profile is kept so colours
-    stay right. Cost for a 1280×720 camera JPEG of ~290 KB into 204,800 bytes: one decode (~5 ms), a few
-    sample encodes (~1 ms each), one or two whole optimised encodes (~7 ms each).
+    stay right. Cost for a 1280×720 camera JPEG of ~290 KB into 204,800 bytes, with the previous frame's
+    quality as hint: one decode (~5 ms), two or three sample encodes (~0.7 ms each), usually one whole
+    optimised encode (~7 ms), a PNG estimate (~0.5 ms).
     """
     formats = tuple(f.upper() for f in formats)
     if not formats or any(f not in ENCODABLE for f in formats):
@@ -331,13 +340,19 @@ def fit_to_byte_limit(
         raise InputError("scale_step", f"{scale_step}", "between 0 and 1")
 
     info, decoded = probe_and_open(data, max_pixels=max_pixels)
-    load_pixels(decoded, info.format)  # decodes: a truncated file must not slip through, even untouched
-    if len(data) <= max_bytes and info.format in formats:
-        return FittedImage.unchanged(data, info)
-    icc = decoded.info.get("icc_profile") if decoded.mode in ("RGB", "RGBA") else None
-    img = _for_resizing(apply_exif_orientation(decoded))  # also makes CMYK/16-bit/palette encodable
-    width0, height0 = img.size
     steps: list[str] = []
+    may_shrink = "JPEG" in formats and len(data) > max_bytes
+    draft = _draft_size(decoded, info, max_bytes, min_quality) if may_shrink else None
+    if draft is None:
+        load_pixels(decoded, info.format)  # decodes: a truncated file must not slip through, even untouched
+        if len(data) <= max_bytes and info.format in formats:
+            return FittedImage.unchanged(data, info)
+        img = decoded
+    else:  # far too big at full size: decoded once, at reduced scale (the whole stream is still read)
+        img = _decode_reduced(data, info, draft, max_pixels, steps, "JPEG decoded at reduced scale")
+    icc = img.info.get("icc_profile") if img.mode in ("RGB", "RGBA") else None
+    img = _for_resizing(apply_exif_orientation(img))  # also makes CMYK/16-bit/palette encodable
+    width0, height0 = (info.width, info.height) if draft else img.size
     start_q = max_quality if quality_hint is None else min(max(quality_hint, min_quality), max_quality)
 
     def fitted(out: bytes, fmt: str, quality: int | None) -> FittedImage:
@@ -392,12 +407,44 @@ def _shrunk(
     """``img`` resized to ``new_size`` (Lanczos). A JPEG going to half size or less is decoded again with
     libjpeg's DCT scaling (``draft``) to at least ``new_size``: far cheaper than filtering every pixel."""
     if info.format == "JPEG" and 2 * new_size[0] <= img.width and 2 * new_size[1] <= img.height:
-        stored = new_size[::-1] if info.orientation in SWAPS_AXES else new_size  # the decoder's axes
-        img = _for_resizing(
-            apply_exif_orientation(open_image_safely(data, max_pixels=max_pixels, draft_size=stored))
+        decoded = _decode_reduced(
+            data, info, new_size, max_pixels, steps, "JPEG decoded again at reduced scale"
         )
-        steps.append(f"JPEG decoded again at reduced scale: {img.width}x{img.height}")
+        img = _for_resizing(apply_exif_orientation(decoded))
     return img.resize(new_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def _decode_reduced(
+    data: bytes, info: ImageInfo, size: tuple[int, int], max_pixels: int, steps: list[str], what: str
+) -> Image.Image:
+    """The JPEG decoded by libjpeg at 1/2 to 1/8 scale, at least ``size`` (displayed axes) once upright."""
+    stored = size[::-1] if info.orientation in SWAPS_AXES else size  # the decoder works on stored axes
+    decoded = open_image_safely(data, max_pixels=max_pixels, draft_size=stored)
+    shown = decoded.size[::-1] if info.orientation in SWAPS_AXES else decoded.size
+    steps.append(f"{what}: {shown[0]}x{shown[1]}")
+    return decoded
+
+
+def _draft_size(
+    img: Image.Image, info: ImageInfo, max_bytes: int, min_quality: int
+) -> tuple[int, int] | None:
+    """For a JPEG that cannot fit ``max_bytes`` unless shrunk to half size or less, the (displayed) size to
+    decode it at, with room to spare; None to decode it whole.
+
+    Guessed from the header alone: the input's size and quality (its luminance table), with log(size)
+    ~linear on ``_size_axis`` (``_DEFAULT_SLOPE``), gives its size at ``min_quality``; bytes scale with
+    pixels. The room (``_GUESS_MARGIN`` times the limit) covers the guess being ~2x too big (the worst seen
+    on photos), so the image is decoded no smaller than the search (which goes on from there) would keep it.
+    """
+    table = (getattr(img, "quantization", None) or {}).get(0)
+    if info.format != "JPEG" or not table or len(table) != 64:
+        return None
+    scale = 100 * sum(table) / _STD_LUMA_SUM  # libjpeg's quality scale of the input, in %
+    at_min = info.bytes * math.exp(_DEFAULT_SLOPE * (_size_axis(min_quality) + math.log(scale + 20)))
+    factor = math.sqrt(_GUESS_MARGIN * max_bytes / at_min)
+    if factor > 0.5:  # DCT scaling halves at least: the whole image is needed anyway
+        return None
+    return (math.ceil(info.width * factor), math.ceil(info.height * factor))
 
 
 def downscale_to_max_side(

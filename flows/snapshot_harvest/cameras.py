@@ -256,9 +256,10 @@ async def harvest_batch(run: HarvestRun, cameras: list[CameraResult]) -> None:
         for cam in cameras:
             cam.image_push = "pending"
     s = run.settings
+    # quote(): Prefect would otherwise walk (and copy) the block, the uuids and the limits on every batch
     await harvest_viziosense_snapshots(
-        run.viziosense, [cam.device_uuid for cam in cameras], ready_after=s.ready_after,
-        poll_interval=s.poll_interval, timeout=s.image_timeout, limits=run.limits,
+        quote(run.viziosense), quote([cam.device_uuid for cam in cameras]), ready_after=s.ready_after,
+        poll_interval=s.poll_interval, timeout=s.image_timeout, limits=quote(run.limits),
         on_snapshot=functools.partial(deliver, run, cameras, started),
     )  # fmt: skip
     _log_batch(run, cameras)

@@ -242,6 +242,7 @@ def test_camera_snapshot_fits_miniviz_limit_at_full_resolution(camera_jpeg):
     with Image.open(io.BytesIO(fitted.data)) as img:
         assert (img.format, img.size) == ("JPEG", (1280, 720))
     assert fitted.steps[-1] == "PNG skipped 1280x720: estimated over 2x the limit"
+    assert not any("reduced scale" in s for s in fitted.steps)  # it fits at full size: decoded whole
 
 
 @pytest.mark.parametrize("limit", [120_000, MINIVIZ_LIMIT, 300_000])
@@ -299,7 +300,7 @@ def test_resolution_is_kept_while_quality_can_give(camera_jpeg):
 
 def test_a_large_rotated_jpeg_is_shrunk_upright():
     # stored 1800x1200 with EXIF orientation 6 (displayed 1200x1800); far too big for 10 KB at full size,
-    # so it is decoded again at reduced scale (on its stored axes) and turned upright before resizing
+    # so it is decoded at reduced scale (on its stored axes) and turned upright before resizing
     exif = Image.Exif()
     exif[0x0112] = 6
     data = encode(noisy_photo(1800, 1200, sigma=10, seed=5), "JPEG", quality=90, exif=exif.tobytes())
@@ -307,9 +308,10 @@ def test_a_large_rotated_jpeg_is_shrunk_upright():
     fitted = fit_to_byte_limit(data, 10_000)
 
     assert (fitted.width_before, fitted.height_before) == (1200, 1800)
-    redecoded = [s for s in fitted.steps if s.startswith("JPEG decoded again at reduced scale: ")]
-    assert redecoded
-    width, height = map(int, redecoded[0].rsplit(" ", 1)[1].split("x"))
+    reduced = [s for s in fitted.steps if s.startswith(("JPEG decoded at reduced scale: ",
+                                                         "JPEG decoded again at reduced scale: "))]  # fmt: skip
+    assert reduced
+    width, height = map(int, reduced[0].rsplit(" ", 1)[1].split("x"))
     assert height > width >= fitted.width  # upright, and never smaller than the target
     assert fitted.resized and fitted.width < fitted.height
     assert abs(fitted.height / fitted.width - 1.5) < 0.01
@@ -317,6 +319,20 @@ def test_a_large_rotated_jpeg_is_shrunk_upright():
     with Image.open(io.BytesIO(fitted.data)) as img:
         assert img.size == (fitted.width, fitted.height)
         assert not has_exif(fitted.data)
+
+
+def test_a_jpeg_far_too_big_is_decoded_once_at_reduced_scale():
+    # its header (size, quality) says even min quality needs half size or less: no full-size decode, no
+    # full-size encode, and what comes out still fits
+    data = encode(noisy_photo(2400, 1600, sigma=10, seed=3), "JPEG", quality=90)
+
+    fitted = fit_to_byte_limit(data, 10_000)
+
+    assert fitted.steps[0].startswith("JPEG decoded at reduced scale: ")
+    assert not any("2400x1600" in s for s in fitted.steps)
+    assert fitted.resized and len(fitted.data) <= 10_000
+    assert (fitted.width_before, fitted.height_before) == (2400, 1600)
+    assert abs(fitted.width / fitted.height - 1.5) < 0.01
 
 
 def test_png_wins_when_it_is_smaller_than_jpeg():
