@@ -1,7 +1,8 @@
 """Plain async httpx clients, one module per service. No Prefect imports: usable on their own."""
 
+from typing import Any
+
 from .errors import ApiError, AuthError, InputError, NotFoundError, OutcomeUnknownError, RateLimitedError
-from .transport import HttpSettings, RetryPolicy
 
 __all__ = [
     "ApiError",
@@ -13,3 +14,13 @@ __all__ = [
     "RateLimitedError",
     "RetryPolicy",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The transport (httpx and its friends) is imported on first use: processes that only need the errors,
+    such as the image-fitting workers, start without it."""
+    if name in ("HttpSettings", "RetryPolicy"):
+        from . import transport
+
+        return getattr(transport, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
