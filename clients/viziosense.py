@@ -485,19 +485,11 @@ class VizioSenseClient(HttpService):
                 return
             page += 1
 
-    async def list_all_devices(
-        self,
-        *,
-        per_page: int = ALL_PAGES_PER_PAGE,
-        sort: str | None = None,
-        group: str | None = None,
-        is_online: str | bool | None = None,
-    ) -> list[Device]:
-        """All matching devices across pages (a device seen twice while pages shift is kept once)."""
+    async def list_all_devices(self, **filters: Any) -> list[Device]:
+        """All matching devices across pages (a device seen twice while pages shift is kept once);
+        ``filters``: those of ``iter_device_pages`` (per_page, sort, group, is_online)."""
         seen: dict[str, Device] = {}
-        async for result in self.iter_device_pages(
-            per_page=per_page, sort=sort, group=group, is_online=is_online
-        ):
+        async for result in self.iter_device_pages(**filters):
             for device in result.data:
                 seen.setdefault(device.uuid, device)
         return list(seen.values())
