@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import json
 import math
 import re
 from pathlib import Path
@@ -41,6 +42,10 @@ MAX_PAYLOAD_KEYS = 8
 MAX_PAYLOAD_BYTES = 400
 MAX_IMAGE_BYTES = 204_800
 MAX_IMAGE_NAME = 255
+
+# Bodies are encoded with orjson (the same compact JSON httpx writes, in a fraction of its CPU) and acks
+# validated straight from the bytes: both run once per event.
+JSON_BODY = {"Content-Type": "application/json"}
 
 PayloadValue = str | int | float
 DEFAULT: Any = object()  # pacing_dir: where the machine's shared pacing lives (clients.shared_pacing)
@@ -107,6 +112,15 @@ def check_payload(payload: Any) -> dict[str, PayloadValue]:
     if size > MAX_PAYLOAD_BYTES:
         raise InputError("payload", f"is {size} bytes as JSON", f"at most {MAX_PAYLOAD_BYTES}")
     return payload
+
+
+def json_bytes(body: dict[str, Any]) -> bytes:
+    """``body`` as the compact UTF-8 JSON httpx would send; orjson unless a value is beyond it (an integer
+    over 64 bits, which the client lets through for Miniviz to judge)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
 def image_content_type(data: bytes) -> str:
@@ -232,11 +246,12 @@ class MinivizClient(HttpService):
             "POST",
             DATA_PATH.format(project_id=self.project_id),
             "send_data",
-            json=body,
+            content=json_bytes(body),
+            headers=JSON_BODY,
             pacer=self.data_pacer,
             retry_on_429=retry_on_429,
         )
-        return EventAck.model_validate(response.json())
+        return EventAck.model_validate_json(response.content)
 
     def image_wait_time(self, label_key: str) -> float:
         """Seconds before an image for ``label_key`` may be sent (0 = now): lets callers defer instead of wait."""
@@ -266,11 +281,12 @@ class MinivizClient(HttpService):
             "POST",
             IMAGE_PATH.format(project_id=self.project_id),
             "send_image",
-            json=body,
+            content=json_bytes(body),
+            headers=JSON_BODY,
             pacer=self.image_pacers(label_key),
             retry_on_429=retry_on_429,
         )
-        return EventAck.model_validate(response.json())
+        return EventAck.model_validate_json(response.content)
 
     async def get_image(self, event_id: str) -> StoredImage:
         """Fetch the stored image of an image event."""

@@ -1,7 +1,12 @@
-"""An httpx transport that spreads requests over many one-connection pools.
+"""Many requests in flight to one host: ``spread_for``, the transport of a session (``blocks/base.py``).
 
-Why: httpcore's pool does work proportional to (connections in the pool)² each time a request starts or
-finishes, plus a ``poll()`` and a ``getpeername()`` per idle connection (docs/performance.md: one
+``spread_for(n)`` is an ``AiohttpTransport`` (``clients/aio.py``): aiohttp's pool of up to ``n`` connections per
+host costs a fraction of httpcore's CPU per request and does not slow down as more requests are in flight.
+The requests it passes on (bodies too large or streamed for aiohttp to carry with httpx's write timeout) go to
+``spread_over_pools(n)``, the ``SpreadTransport`` below.
+
+``SpreadTransport``: httpcore's pool does work proportional to (connections in the pool)² each time a request
+starts or finishes, plus a ``poll()`` and a ``getpeername()`` per idle connection (docs/performance.md: one
 ``httpx.AsyncClient`` with 16-64 requests in flight spends ~2× the CPU per request it does with 4).
 Measured on this 2-core machine (busy with other work), 32 requests in flight against a trivial server, client CPU per request: one pool of
 16 connections ~2.1 ms, 8 pools of 4 ~1.0 ms, 16 of 2 ~0.8 ms, 32 of 1 ~0.7 ms. Each request goes to the pool
@@ -10,7 +15,7 @@ its own (a one-connection pool asked for another host would close its connection
 all pools share one SSL context (building one costs ~25 ms of CPU).
 
 Use it as ``HttpSettings(transport=spread_for(32))``: one client, up to 32 keep-alive connections per host
-(a pool opens its connection on first use).
+(opened on first use).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-__all__ = ["SpreadTransport", "spread_for"]
+from .aio import AiohttpTransport
+
+__all__ = ["SpreadTransport", "shared_ssl_context", "spread_for", "spread_over_pools"]
 
 Origin = tuple[bytes, bytes, int | None]
 
@@ -109,14 +116,25 @@ class _Release(httpx.AsyncByteStream):
 
 
 @functools.lru_cache(maxsize=4)
-def _ssl_context(verify: bool | str) -> ssl.SSLContext:
+def shared_ssl_context(verify: bool | str = True) -> ssl.SSLContext:
     return httpx.create_ssl_context(verify=verify)  # ~25 ms (the CA bundle): once per process
 
 
-def spread_for(in_flight: int, *, verify: bool | str = True) -> SpreadTransport:
-    """One-connection pools for ``in_flight`` concurrent requests per host (at least one), one SSL context."""
-    ssl_context = _ssl_context(verify)
+def spread_over_pools(in_flight: int, *, verify: bool | str = True) -> SpreadTransport:
+    """One-connection httpx pools for ``in_flight`` concurrent requests per host (at least one), one SSL
+    context."""
+    ssl_context = shared_ssl_context(verify)
     one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     return SpreadTransport(
         lambda: httpx.AsyncHTTPTransport(verify=ssl_context, limits=one), max(1, in_flight)
+    )
+
+
+def spread_for(in_flight: int, *, verify: bool | str = True) -> AiohttpTransport:
+    """A transport for ``in_flight`` concurrent requests per host: aiohttp's pool (no per-pool cost to
+    spread away, ``clients/aio.py``), with one-connection httpx pools for the large or streamed bodies."""
+    return AiohttpTransport(
+        in_flight,
+        fallback=spread_over_pools(in_flight, verify=verify),
+        ssl_context=shared_ssl_context(verify),
     )

@@ -17,12 +17,14 @@ from typing import Any
 
 import httpx
 
+from .aio import AiohttpTransport
 from .errors import ApiError, AuthError, NotFoundError, OutcomeUnknownError, RateLimitedError
 from .redaction import install_log_redaction, redact, register_secret
-from .spread import spread_for
+from .spread import shared_ssl_context, spread_for
 from .timing import SYSTEM_CLOCK, Clock, Pacer
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+MAX_CACHED_URLS = 256
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,9 @@ class HttpSettings:
 
     timeout: httpx.Timeout = field(default_factory=lambda: httpx.Timeout(30.0, connect=10.0))
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    # httpx gets slower with many requests in flight on one connection pool (docs/performance.md): above 1,
-    # requests spread over ``pool_size * max_connections_per_client`` one-connection pools (clients/spread.py).
+    # Connections per host: ``pool_size * max_connections_per_client`` (``clients.spread.spread_for`` above 1).
+    # Requests go through aiohttp under httpx (clients/aio.py); the large or streamed bodies through httpx's
+    # own pools, which get slower with many requests in flight on one pool (docs/performance.md).
     pool_size: int = 1
     max_connections_per_client: int = 16
     transport: httpx.AsyncBaseTransport | None = None  # tests inject a MockTransport here
@@ -76,7 +79,8 @@ class HttpSettings:
 class HttpService:
     """Base of the service clients: owns the httpx clients and performs every request.
 
-    Subclasses set ``service`` and call ``self._request(...)``; they never touch httpx directly.
+    Subclasses set ``service`` and call ``self._request(...)``; they never touch httpx directly. Unless
+    ``HttpSettings.transport`` says otherwise, httpx sends through aiohttp (``clients.aio``).
     """
 
     service = "http"
@@ -99,6 +103,7 @@ class HttpService:
         install_log_redaction(self.logger.name)
         self._rng = random.Random(seed)
         self._client: httpx.AsyncClient | None = None
+        self._urls: dict[str, httpx.URL] = {}
 
     # --- lifecycle --------------------------------------------------------------------------------
     def _http(self) -> httpx.AsyncClient:
@@ -110,14 +115,19 @@ class HttpService:
                 transport=self._wrap_transport(s.transport or self._default_transport()),
                 headers={"User-Agent": "prefect-imaging-pipelines/0.1"},
             )
+            if isinstance(getattr(self._client, "_cookies", None), httpx.Cookies):
+                self._client._cookies = _SetCookiesOnly(self._client.cookies)
         return self._client
 
     def _default_transport(self) -> httpx.AsyncBaseTransport:
         s = self.settings
         if s.pool_size > 1:  # many requests in flight: the one spreading mechanism (clients/spread.py)
             return spread_for(s.pool_size * s.max_connections_per_client)
-        n = s.max_connections_per_client
-        return httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=n, max_keepalive_connections=n))
+        n, ssl_context = s.max_connections_per_client, shared_ssl_context()
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+        # aiohttp carries the requests (clients/aio.py); httpx's own pool the large or streamed bodies
+        fallback = httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits)
+        return AiohttpTransport(n, fallback=fallback, ssl_context=ssl_context)
 
     async def aclose(self) -> None:
         client, self._client = self._client, None
@@ -154,12 +164,19 @@ class HttpService:
     def _is_auth_failure(self, response: httpx.Response) -> bool:
         return response.status_code in (401, 403)
 
-    def _absolute(self, path: str) -> str:
-        """A path on the base URL made absolute here, as httpx would join it: httpx parses a relative URL
-        twice to join it (~35 µs a request, several % of a busy request loop). Absolute URLs pass as given."""
-        if "://" in path:
-            return path
-        return self.base_url + (path if path.startswith("/") else "/" + path)
+    def _absolute(self, path: str) -> httpx.URL:
+        """A path on the base URL made absolute here, as httpx would join it, and parsed once: httpx parses
+        a URL string on every request (a relative one twice, ~35 µs, several % of a busy request loop).
+        Absolute URLs are taken as given."""
+        url = self._urls.get(path)
+        if url is None:
+            if len(self._urls) >= MAX_CACHED_URLS:  # paths with ids: keep the recent ones
+                self._urls.clear()
+            absolute = (
+                path if "://" in path else self.base_url + (path if path.startswith("/") else "/" + path)
+            )
+            url = self._urls[path] = httpx.URL(absolute)
+        return url
 
     # --- the request loop -------------------------------------------------------------------------
     async def _request(
@@ -296,6 +313,15 @@ class HttpService:
         if isinstance(err, RateLimitedError):
             err.retry_after = retry_after
         return err
+
+
+class _SetCookiesOnly(httpx.Cookies):
+    """httpx reads every response into its cookie jar through urllib's cookie machinery (~10 % of a small
+    request's client CPU); only a response that sets a cookie can change the jar."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if "set-cookie" in response.headers:
+            super().extract_cookies(response)
 
 
 def _is_success(response: httpx.Response) -> bool:

@@ -22,6 +22,7 @@ from typing import Any
 import httpcore
 import httpx
 
+from .aio import AiohttpTransport
 from .spread import SpreadTransport
 from .timing import PacedCall, current_paced_call
 
@@ -114,6 +115,9 @@ def time_the_wire(transport: httpx.AsyncBaseTransport) -> bool:
     A ``SpreadTransport`` (``clients.spread``) has it done to each of its pools as they are made."""
     if isinstance(transport, SpreadTransport):
         return transport.prepare_pools(time_the_wire)
+    if isinstance(transport, AiohttpTransport):
+        time_the_wire(transport.fallback)  # the large bodies it passes on
+        return transport.time_the_wire()
     if type(transport) is not httpx.AsyncHTTPTransport:
         return False
     pool = getattr(transport, "_pool", None)

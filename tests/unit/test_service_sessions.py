@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from blocks import HautCredentials, MinivizCredentials, VizioSenseCredentials
 from blocks.base import SESSION_CONNECTIONS
+from clients.aio import AiohttpTransport
 from clients.session import SessionClosedError, close_sessions, open_sessions, session_for, session_key
 from clients.spread import SpreadTransport, spread_for
 from clients.wire import TimedNetworkBackend, time_the_wire
@@ -165,12 +166,14 @@ async def test_a_block_session_is_its_services_client():
 def test_parallel_connections_spread_requests_instead_of_side_by_side_clients():
     client = miniviz(parallel_connections=2).get_client()
     transport = client._http()._transport
-    assert isinstance(transport, SpreadTransport) and transport._size == 2 * SESSION_CONNECTIONS
-    assert not isinstance(miniviz().get_client()._http()._transport, SpreadTransport)  # one: httpx's own pool
+    assert isinstance(transport, AiohttpTransport) and transport.connections == 2 * SESSION_CONNECTIONS
+    assert isinstance(transport.fallback, SpreadTransport)  # large bodies: one-connection httpx pools
+    single = miniviz().get_client()._http()._transport  # one: aiohttp's pool, httpx's own for large bodies
+    assert single.connections == SESSION_CONNECTIONS and not isinstance(single.fallback, SpreadTransport)
 
 
 def test_spread_pools_are_timed_at_the_socket_for_pacing():
     spread = spread_for(2)
-    assert time_the_wire(spread)
-    pool = spread._make_pool()
+    assert time_the_wire(spread) and spread._wire_timed
+    pool = spread.fallback._make_pool()
     assert isinstance(pool._pool._network_backend, TimedNetworkBackend)

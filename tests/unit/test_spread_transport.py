@@ -9,7 +9,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from clients.spread import SpreadTransport, spread_for
+from clients.aio import AiohttpTransport
+from clients.spread import SpreadTransport, spread_for, spread_over_pools
 
 API, STORAGE = "http://api.test", "https://storage.test"
 
@@ -91,7 +92,10 @@ async def test_a_failed_request_frees_its_pool():
     assert transport.in_flight() == {API: [0]}
 
 
-def test_spread_for_makes_one_pool_per_request_in_flight():
-    assert spread_for(5)._size == 5 and spread_for(0)._size == 1
+def test_spread_for_is_aiohttp_with_one_pool_per_request_in_flight_for_large_bodies():
+    transport = spread_for(5)
+    assert isinstance(transport, AiohttpTransport) and transport.connections == 5
+    assert isinstance(transport.fallback, SpreadTransport) and transport.fallback._size == 5
+    assert spread_over_pools(0)._size == 1
     with pytest.raises(ValueError):
         SpreadTransport(httpx.MockTransport, pools=0)
