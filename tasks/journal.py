@@ -36,6 +36,7 @@ class Journal:
         self._s3 = s3_client
         self._seq: int | None = None
         self._writer = secrets.token_hex(4)  # this writer's S3 object names never meet another's
+        self._file: Any = None  # a local journal's file, kept open between appends
         if location.startswith("s3://"):
             if s3_client is None:
                 raise ValueError(f"journal {location}: an S3 client is needed for s3:// journals")
@@ -82,12 +83,23 @@ class Journal:
             self._s3.put_object(Bucket=self._bucket, Key=key, Body=payload.encode("utf-8"))
             self._seq += 1
             return
-        with open(self.location, "a+b") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)  # another process's append is whole before this one starts
+        if self._file is None:
+            self._file = open(self.location, "a+b")  # noqa: SIM115 - kept open: one open per journal, not per append
+        fh = self._file
+        fcntl.flock(fh, fcntl.LOCK_EX)  # another process's append is whole before this one starts
+        try:
             _repair_tail(fh, self.location)
             fh.write(payload.encode("utf-8"))
             fh.flush()
-            os.fsync(fh.fileno())
+            os.fdatasync(fh.fileno())  # the data and the file's new size; not its times
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Close a local journal's file (appending again reopens it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def _segment_keys(self) -> list[str]:
         keys: list[str] = []
