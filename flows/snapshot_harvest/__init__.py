@@ -1,6 +1,6 @@
 """Scheduled camera snapshot harvest (VizioSense -> S3 + Miniviz): the flow in ``flow.py``, its private code
 beside it (``cameras``: the per-camera pipeline and data events; ``rows``, ``labels``, ``keys``, ``pacing``,
-``fit_pool``, ``parameters``, ``report``).
+``fit_pool``, ``parameters``, ``report``, ``shards``: the fan-out of a big fleet over the work pool).
 
 ``from flows.snapshot_harvest import harvest_snapshots`` loads the flow on first use only: the fit worker
 processes run ``python -m flows.snapshot_harvest.fit_pool``, which must not import Prefect.

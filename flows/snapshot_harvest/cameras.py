@@ -46,6 +46,7 @@ from flows.snapshot_harvest.keys import DEFAULT_KEY_LAYOUT, snapshot_key, snapsh
 from flows.snapshot_harvest.pacing import PacingState
 from flows.snapshot_harvest.parameters import MinivizPush, Performance, S3Layout, Timing
 from flows.snapshot_harvest.rows import NOT_DELIVERED, CameraResult
+from tasks.journal import GroupCommit
 from tasks.reports import Progress
 from tasks.storage import BucketRef, put_bytes
 from tasks.viziosense import SnapshotLimits, SnapshotOutcome, harvest_viziosense_snapshots
@@ -127,7 +128,8 @@ class HarvestRun:
     ``viziosense``: the VizioSense block (its session does the calls); ``miniviz``: the Miniviz account's
     session client (None = no pushes); ``bucket``: where originals go (full keys, the S3Bucket's folder
     included); ``executor``: threads for S3; ``fit_pool``: worker processes that fit images for Miniviz
-    (whoever made it starts and closes it).
+    (whoever made it starts and closes it); ``journal``: a shard's record of the cameras it stored (a re-run
+    of the shard does not ask them again), None outside shards.
     """
 
     def __init__(
@@ -142,6 +144,7 @@ class HarvestRun:
         fit_pool: FitPool,
         progress: Progress | None = None,
         total: int = 0,
+        journal: GroupCommit | None = None,
     ) -> None:
         self.viziosense = viziosense
         self.miniviz = miniviz
@@ -152,6 +155,7 @@ class HarvestRun:
         self.fit_pool = fit_pool
         self.progress = progress
         self.total = total
+        self.journal = journal
         self.finished = 0
         self._last_progress = 0.0
         # VizioSense calls in flight; cameras holding image bytes (download -> store/fit -> push)
@@ -192,6 +196,7 @@ async def open_run(
     settings: HarvestSettings,
     progress: Progress,
     cameras: list[CameraResult],
+    journal: GroupCommit | None = None,
 ) -> AsyncIterator[HarvestRun]:
     """The run's shared parts for the harvest of ``cameras`` (rows of every camera listed), closed at the end.
 
@@ -206,13 +211,16 @@ async def open_run(
     total = sum(r.outcome == "pending" for r in cameras)
     run = HarvestRun(viziosense=viziosense, miniviz=client, bucket=bucket, state=state, settings=settings,
                      executor=ThreadPoolExecutor(settings.s3_workers, thread_name_prefix="harvest-s3"),
-                     fit_pool=FitPool(settings.fit_workers), progress=progress, total=total)  # fmt: skip
+                     fit_pool=FitPool(settings.fit_workers), progress=progress, total=total,
+                     journal=journal)  # fmt: skip
     try:
         if client is not None and total:
             await run.fit_pool.start()  # workers import Pillow (~0.2 s) while the cameras are asked
         async with state.autoflush() if state is not None else contextlib.nullcontext():
             yield run
     finally:
+        if journal is not None:
+            await journal.aclose()
         if state is not None and state.save_problem:
             logger.warning("%s", state.save_problem)
         run.executor.shutdown(wait=False)
@@ -287,9 +295,22 @@ async def deliver(run: HarvestRun, cameras: list[CameraResult], started: float, 
     except Exception as exc:  # a bug in one camera's path must not take the batch down
         cam.originals = "failed"
         cam.add_reason(f"unexpected error: {error_text(exc)}")
+    else:
+        await _journal(run, cam)
     finally:
         cam.seconds_total = _seconds(started)
         await run.camera_finished()
+
+
+async def _journal(run: HarvestRun, cam: CameraResult) -> None:
+    """A shard records each camera stored, still holding its slot: a kill loses at most the cameras in
+    delivery. A record not written only means a re-run of the shard asks that camera again."""
+    if run.journal is None or cam.originals != "stored":
+        return
+    try:
+        await run.journal.append(cam.model_dump(mode="json"))
+    except Exception as exc:
+        get_run_logger().warning("journal of camera %s not written: %s", cam.device_uuid, error_text(exc))
 
 
 def _log_batch(run: HarvestRun, cameras: list[CameraResult]) -> None:

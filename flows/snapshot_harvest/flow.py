@@ -35,11 +35,27 @@
 
 A harvest takes *new* snapshots each time, so there is nothing to resume after a crash: a re-run harvests
 again, and the pacing state (marked before each send) keeps it from pushing too soon.
+
+6. **Fan-out** (``fan_out.shard_size``; ``shards.py``): more cameras to harvest than that, and the run splits
+   them by device uuid range into shards, runs of the ``snapshot-harvest-shard`` deployment on the work pool,
+   all at once, and waits; a shard whose run crashed starts again and skips the cameras its journal says it
+   stored (a kill stores again at most the cameras in delivery then: ``2 * max(concurrency, fit_workers)``).
+   The parent writes one report and one set of artifacts from the shards' reports and ends with the final
+   state of the whole fleet. Pacing across shards: a camera's label is in one shard only, so image pacing
+   (per label) never meets another shard; data events (per project) and any label go through the Miniviz
+   session's shared pacing (``clients.shared_pacing``: a machine's lock files, or Redis with
+   ``$PIPELINES_PACING_URL`` across machines, which a pool of several machines needs), so shards never cause
+   a 429 with their own sends (and one that comes anyway is a deferral). Each shard spends its own
+   ``data_event_budget_seconds``, stalest cameras of its range first. The pacing state file is written by the
+   parent only: each shard reads it to seed its pacers and keeps its marks in its own file next to its report
+   (a re-run of the shard reads them back), and the parent merges those marks into the project's state when
+   the shards are over, so no shard's marks are lost to another's write. Shards need a state root every
+   worker reaches (``s3://`` or a shared folder).
 """
 
 from __future__ import annotations
 
-import asyncio
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect_aws import S3Bucket
@@ -54,7 +70,6 @@ from flows.snapshot_harvest.cameras import (
     open_run,
     send_data_events,
 )
-from flows.snapshot_harvest.pacing import PacingState
 from flows.snapshot_harvest.parameters import (
     FLOW_NAME,
     CameraFilter,
@@ -69,10 +84,12 @@ from flows.snapshot_harvest.parameters import (
 )
 from flows.snapshot_harvest.report import Stages, selection_problems, write_outputs
 from flows.snapshot_harvest.rows import CameraResult, select_cameras
+from flows.snapshot_harvest.shards import harvest_in_shards, open_shard, pacing_state, shard_done
+from tasks.fan_out import FanOut
 from tasks.reports import Progress
 from tasks.run_state import OUTCOMES, finish
 from tasks.state import StateRoot
-from tasks.storage import BucketRef, bucket_ref
+from tasks.storage import bucket_ref
 from tasks.viziosense import list_viziosense_devices
 
 
@@ -87,6 +104,7 @@ async def harvest_snapshots(
     timing: Timing = Timing(),  # noqa: B008
     performance: Performance = Performance(),  # noqa: B008
     outputs: Outputs = Outputs(),  # noqa: B008
+    fan_out: FanOut = FanOut(),  # noqa: B008
 ) -> HarvestSummary:
     """Harvest a fresh snapshot from VizioSense cameras into S3 and Miniviz.
 
@@ -106,8 +124,9 @@ async def harvest_snapshots(
         timing: Waits for the cameras' images.
         performance: Concurrency and batch sizes.
         outputs: Report, pacing state and link expiry.
+        fan_out: Shards on the work pool for big fleets, by camera uuid range (shard size 0: all in this run).
     """
-    logger, stages = get_run_logger(), Stages()
+    logger, stages, shard = get_run_logger(), Stages(), fan_out.shard
     check_parameters(cameras, s3_layout, miniviz_push, timing)  # before anything is asked of a camera
     viziosense = await load_block(VizioSenseCredentials, viziosense_block)
     bucket = bucket_ref(await load_block(S3Bucket, s3_bucket_block))
@@ -115,17 +134,23 @@ async def harvest_snapshots(
     root.check_local([outputs.report, outputs.state], "outputs")
     outputs = outputs.model_copy(update={"report": outputs.report or root.report(FLOW_NAME)})
     miniviz = await load_block(MinivizCredentials, miniviz_block) if miniviz_block else None
+    location = (outputs.state or default_state_location(root, miniviz)) if miniviz else None
     progress = Progress(f"{FLOW_NAME}-progress", "Cameras harvested")
     await progress.update(0, "listing cameras")
 
     rows, listed = await _select(viziosense, cameras, miniviz_push)
     problems = selection_problems(rows, cameras, listed)
+    rows, journal = await open_shard(rows, shard, outputs.report, bucket, logger)  # a shard: its uuid range
     pending = [r for r in rows if r.outcome == "pending"]
     stages.done("listed")
-    state = await _pacing_state(miniviz, outputs.state, root, bucket)
+    if fan_out.shard_size and len(pending) > fan_out.shard_size:  # a big fleet: shards on the work pool
+        summary = await harvest_in_shards(rows, problems, fan_out=fan_out, root=root, outputs=outputs,
+                                          bucket=bucket, state=location, progress=progress, stages=stages)  # fmt: skip
+        return _finish(summary, problems, logger)
+    state = await pacing_state(location, shard, outputs.report, bucket, logger) if location else None
     settings = HarvestSettings.of(s3_layout, miniviz_push, timing, performance)
-    async with open_run(viziosense=viziosense, miniviz=miniviz, bucket=bucket, state=state,
-                        settings=settings, progress=progress, cameras=rows) as run:  # fmt: skip
+    async with open_run(viziosense=viziosense, miniviz=miniviz, bucket=bucket, state=state, settings=settings,
+                        progress=progress, cameras=rows, journal=journal) as run:  # fmt: skip
         await progress.update(5, f"0 of {len(pending)} cameras harvested")
         await harvest_cameras(run, pending)
         stages.done("harvested")
@@ -138,6 +163,13 @@ async def harvest_snapshots(
 
     summary = await write_outputs(rows, problems, outputs=outputs, bucket=bucket, progress=progress,
                                   state=state.location if state else None, stages=stages, logger=logger)  # fmt: skip
+    if shard.is_shard:  # what the parent reads back
+        await shard_done(summary, problems, outputs.report, bucket)
+    return _finish(summary, problems, logger)
+
+
+def _finish(summary: HarvestSummary, problems: list[str], logger: Any) -> Any:
+    """The summary when every camera was done, deferred or skipped, else a Failed state with the counts."""
     counts = {k: getattr(summary, k) for k in OUTCOMES}
     return finish(summary, what="cameras", counts=counts, report=summary.report, problems=problems,
                   logger=logger)  # fmt: skip
@@ -161,17 +193,3 @@ async def _select(
         sum(r.outcome == "rejected" for r in rows),
     )  # fmt: skip
     return rows, len(devices)
-
-
-async def _pacing_state(
-    miniviz: MinivizCredentials | None, location: str, root: StateRoot, bucket: BucketRef
-) -> PacingState | None:
-    """The Miniviz pacing state of earlier runs (None without Miniviz); a damaged one is logged and ignored."""
-    if miniviz is None:
-        return None
-    location = location or default_state_location(root, miniviz)
-    state = PacingState(location, s3_client=bucket.client if location.startswith("s3://") else None)
-    await asyncio.to_thread(state.load)
-    if state.load_problem:
-        get_run_logger().warning("%s", state.load_problem)
-    return state

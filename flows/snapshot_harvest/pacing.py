@@ -139,6 +139,16 @@ class PacingState:
                 self.project_data_at = max(self.project_data_at or at, at)
         self.dirty = True
 
+    def merge(self, other: PacingState) -> None:
+        """Take ``other``'s marks where they are later than this one's (a shard's marks into the project's)."""
+        for label, entry in other.labels.items():
+            mine = self.labels.setdefault(label, {})
+            for kind, at in entry.items():
+                mine[kind] = max(mine.get(kind, at), at)
+        if other.project_data_at is not None:
+            self.project_data_at = max(self.project_data_at or other.project_data_at, other.project_data_at)
+        self.dirty = True
+
     def seed(self, client: MinivizClient, labels: Iterable[str]) -> None:
         """Make the client's pacers wait for what earlier runs sent (so ``image_wait_time`` knows it)."""
         now = time.time()

@@ -94,7 +94,9 @@ class CameraResult(BaseModel):
     polls: int | None = None
 
     def add_reason(self, text: str) -> None:
-        self.reason = "; ".join(filter(None, [self.reason, text]))
+        """Add ``text`` to the reason once (a row read back from a shard's report is settled again)."""
+        if text not in (self.reason or ""):
+            self.reason = "; ".join(filter(None, [self.reason, text]))
 
 
 REPORT_COLUMNS = list(CameraResult.model_fields)

@@ -329,3 +329,93 @@ async def test_a_send_without_429_retries_raises_the_429_at_once_and_still_retri
         assert len(sent) == 1  # not retried, not waited for
         assert (await client.send_data("cam", {"ok": 1}, retry_on_429=False)).id == "e1"  # 503 retried
     assert len(sent) == 3
+
+
+# --- fan-out: uuid ranges, a shard's journal, the parent's one report --------------------------------------
+def fleet_rows(n: int = 10) -> list[CameraResult]:
+    """n cameras (every 4th offline), plus an unknown uuid asked for (rejected)."""
+    devices = [device(f"uuid-{i:03d}", f"Cam {i}", online=int(i % 4 != 3)) for i in range(n)]
+    return select_cameras(devices, device_uuids=[d.uuid for d in devices] + ["uuid-zzz"], online_only=True)
+
+
+def test_shards_split_the_cameras_by_uuid_range_and_cover_every_row_once(tmp_path):
+    from flows.snapshot_harvest.shards import plan_shards, take_shard
+    from tasks.state import StateRoot
+
+    rows = fleet_rows(10)
+    parameters = {"outputs": {"state": "s3://b/pacing.json"}, "fan_out": {"shard_size": 3}}
+    shards = plan_shards(rows, 3, parameters, StateRoot(str(tmp_path)), "parent-1")
+    pending = [r for r in rows if r.outcome == "pending"]
+    assert len(shards) == 3 and len(pending) == 8  # 3 + 3 + 2 cameras to harvest
+    taken = [take_shard(rows, s.range) for s in shards]
+    assert sorted(r.device_uuid for part in taken for r in part) == sorted(r.device_uuid for r in rows)
+    assert [sum(r.outcome == "pending" for r in part) for part in taken] == [3, 3, 2]
+    first = shards[0].parameters
+    assert first["fan_out"]["shard_size"] == 0 and first["fan_out"]["shard"]["number"] == 1
+    assert first["outputs"] == {"state": "s3://b/pacing.json", "report": shards[0].report}
+    assert shards[0].report.endswith("/reports/snapshot-harvest-shards/parent-1/shard-1.parquet")
+    assert len({s.report for s in shards}) == 3
+
+
+async def test_a_shard_resumes_the_cameras_its_journal_stored(tmp_path):
+    import logging
+
+    from flows.snapshot_harvest.shards import journal_location, open_shard
+    from tasks.fan_out import ShardRange
+    from tasks.journal import Journal
+    from tasks.storage import BucketRef
+
+    rows, report = fleet_rows(6), str(tmp_path / "shard-1.parquet")
+    shard = ShardRange(number=1, of=1, parent="p")
+    stored = rows[0].model_copy(
+        update={"originals": "stored", "s3_raw_key": "k/raw", "s3_annotated_key": "k/a"}
+    )
+    Journal(journal_location(report)).append(stored.model_dump(mode="json"))
+    bucket = BucketRef(None, "b")
+    again, journal = await open_shard(rows, shard, report, bucket, logging.getLogger("t"))
+    assert journal is not None and again[0].outcome == "done" and again[0].s3_raw_key == "k/raw"
+    assert [r.outcome for r in again[1:]] == [r.outcome for r in rows[1:]]  # the others: as listed
+    same, none = await open_shard(rows, ShardRange(), report, bucket, logging.getLogger("t"))
+    assert same is rows and none is None  # not a shard: no journal
+
+
+def test_the_parent_gathers_one_row_per_camera_and_fails_an_unfinished_shard(tmp_path):
+    import pandas as pd
+
+    from flows.snapshot_harvest.rows import REPORT_COLUMNS
+    from flows.snapshot_harvest.shards import gather, plan_shards
+    from tasks.fan_out import ShardRun
+    from tasks.state import StateRoot
+
+    rows = fleet_rows(10)
+    shards = plan_shards(rows, 4, {}, StateRoot(str(tmp_path)), "p")
+    done = [r.model_copy(update={"originals": "stored", "s3_raw_key": "r", "s3_annotated_key": "a",
+                                 "requested_at": datetime(2025, 1, 1, tzinfo=UTC)})
+            for r in rows if shards[0].range.holds_key(r.device_uuid)]  # fmt: skip
+    for r in done:
+        settle_outcome(r)
+    frame = pd.DataFrame([r.model_dump(mode="json") for r in done], columns=REPORT_COLUMNS)
+    runs = [ShardRun(shards[0], "Completed", report=frame, summary={"problems": ["a problem"]}),
+            ShardRun(shards[1], "Crashed", runs=3)]  # fmt: skip
+    problems: list[str] = []
+    out = gather(rows, runs, problems)
+    assert sorted(r.device_uuid for r in out) == sorted(r.device_uuid for r in rows)
+    lost = [r for r in out if shards[1].range.holds_key(r.device_uuid) and r.originals == "failed"]
+    assert lost and all("shard 2 of 2 did not finish" in (r.reason or "") for r in lost)
+    assert problems[0] == "a problem" and "Crashed after 3 runs" in problems[1]
+    for r in out:  # settled again by the parent: same outcome, no reason written twice
+        before = (r.outcome, r.reason)
+        if r.outcome != "pending":
+            assert settle_outcome(r).outcome == before[0] and r.reason == before[1]
+
+
+def test_pacing_marks_merge_keeping_the_latest(tmp_path):
+    project, shard = PacingState(str(tmp_path / "p.json")), PacingState(str(tmp_path / "s.json"))
+    project.mark("a", "image", 100.0)
+    project.mark("b", "data", 50.0)
+    shard.mark("a", "image", 90.0)
+    shard.mark("c", "image", 120.0)
+    shard.mark("b", "data", 70.0)
+    project.merge(shard)
+    assert project.last("a", "image") == 100.0 and project.last("c", "image") == 120.0
+    assert project.last("b", "data") == 70.0 and project.project_data_at == 70.0
