@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import to_jsonable_python
 
 from clients.errors import InputError
 from tasks.state import Location, StateRoot
@@ -90,6 +91,14 @@ def split_keys(keys: Sequence[str], size: int) -> list[tuple[str, str]]:
     return list(zip(firsts, [*bounds, ""], strict=True))
 
 
+def row_ranges(total: int, size: int) -> list[dict[str, int]]:
+    return [{"first_row": a, "stop_row": b} for a, b in split_rows(total, size)]
+
+
+def key_ranges(keys: Sequence[str], size: int) -> list[dict[str, str]]:
+    return [{"first_key": a, "stop_key": b} for a, b in split_keys(keys, size)]
+
+
 def check_fan_out(root: StateRoot) -> None:
     """Shards read and write under the state root: every worker must reach it."""
     if not (root.root.startswith("s3://") or root.root.startswith("/")):
@@ -129,6 +138,15 @@ class ShardRun:
     def finished(self) -> bool:
         return self.report is not None
 
+    def why_unfinished(self) -> str:
+        return f"{self.shard.range.label()} did not finish (its last run ended {self.state} after {self.runs} runs)"
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The shard's report as plain dicts (missing values as None)."""
+        if self.report is None or self.report.empty:
+            return []
+        return self.report.astype(object).where(self.report.notna(), None).to_dict("records")
+
 
 def summary_location(report: str) -> str:
     return f"{report}.summary.json"
@@ -144,6 +162,41 @@ def write_shard_summary(report: str, summary: BaseModel, s3_client: Any) -> None
 def shard_report_folder(root: StateRoot, flow: str, parent: str) -> str:
     """Where a parent's shards write their reports: one folder per parent run."""
     return f"{root.root}/reports/{flow}-shards/{parent}"
+
+
+def this_run() -> tuple[str, dict[str, Any]]:
+    """The running flow run's name (with its id's start, unique) and its parameters as JSON values."""
+    from prefect.runtime import flow_run
+
+    return f"{flow_run.name or 'ad-hoc'}-{str(flow_run.id or '')[:8]}", to_jsonable_python(
+        flow_run.parameters
+    )
+
+
+def plan_shards(
+    flow: str,
+    ranges: list[dict[str, Any]],
+    parameters: dict[str, Any],
+    root: StateRoot,
+    parent: str,
+    outputs: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> list[Shard]:
+    """One shard per range (``ShardRange`` fields): the parent's parameters with ``overrides``, the range,
+    ``outputs`` merged into the parent's, and a report of its own in the parent's shard folder."""
+    folder = shard_report_folder(root, flow, parent)
+    shards = []
+    for number, bounds in enumerate(ranges, 1):
+        shard = ShardRange(number=number, of=len(ranges), parent=parent, **bounds)
+        report = f"{folder}/shard-{number}.parquet"
+        params = {
+            **parameters,
+            **overrides,
+            "fan_out": {"shard_size": 0, "shard": shard.model_dump()},
+            "outputs": {**parameters.get("outputs", {}), **(outputs or {}), "report": report},
+        }
+        shards.append(Shard(shard, params, report))
+    return shards
 
 
 async def run_shards(

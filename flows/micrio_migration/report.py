@@ -48,26 +48,29 @@ async def report_run(
     if in_flight and not stopped:
         problems.append(f"{in_flight} image(s) still processing after the timeout: a re-run polls them")
     rows = [report_row(i, migration.max_attempts, stopped) for i in sources.items]
-    await asyncio.to_thread(write_table, report_frame(rows), location, s3)
-    counts = Counter(r["outcome"] for r in rows)
+    figures = {"in_flight": in_flight, "added_this_run": migration.added_this_run,
+               "already_added": replayed.already_added, "resumed": replayed.resumed}  # fmt: skip
     summary = MigrationSummary(
-        folder_id=migration.folder_id,
-        read_as=sources.read_as,
-        total=len(rows),
-        done=counts["done"],
-        skipped=counts["skipped"],
-        failed=counts["failed"] - in_flight,
-        rejected=counts["rejected"],
-        in_flight=in_flight,
-        added_this_run=migration.added_this_run,
-        already_added=replayed.already_added,
-        resumed=replayed.resumed,
-        problems=problems,
-        report=location,
-        journal=journal,
-    )
+        folder_id=migration.folder_id, read_as=sources.read_as, problems=problems, report=location, journal=journal,
+        **figures, **outcome_totals(rows, in_flight),
+    )  # fmt: skip
+    return await write_report(rows, summary, s3)
+
+
+def outcome_totals(rows: list[dict[str, Any]], in_flight: int) -> dict[str, int]:
+    """The summary's counts by outcome (images still in flight are failed, but counted apart)."""
+    counts = Counter(r["outcome"] for r in rows)
+    return {"total": len(rows), "done": counts["done"], "skipped": counts["skipped"],
+            "failed": counts["failed"] - in_flight, "rejected": counts["rejected"]}  # fmt: skip
+
+
+async def write_report(
+    rows: list[dict[str, Any]], summary: MigrationSummary, s3: Any
+) -> tuple[MigrationSummary, dict[str, int]]:
+    """Write the report and publish the artifacts; the summary and the counts by outcome."""
+    await asyncio.to_thread(write_table, report_frame(rows), summary.report, s3)
     await publish(rows, summary)
-    return summary, dict(counts)
+    return summary, dict(Counter(r["outcome"] for r in rows))
 
 
 def report_row(item: Item, max_attempts: int, stopped: str | None = None) -> dict[str, Any]:

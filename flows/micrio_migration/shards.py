@@ -12,29 +12,24 @@ listing is per folder, each shard reads the rows of its images), and the per-fol
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
-
-import pandas as pd
-from pydantic_core import to_jsonable_python
 
 from flows.micrio_migration.items import Item
 from flows.micrio_migration.parameters import MigrationSummary
-from flows.micrio_migration.report import publish, report_frame, report_row
+from flows.micrio_migration.report import outcome_totals, report_row, write_report
 from flows.micrio_migration.sources import Sources
 from tasks.fan_out import (
     FanOut,
-    Shard,
     ShardRange,
     ShardRun,
     check_fan_out,
+    key_ranges,
+    plan_shards,
+    row_ranges,
     run_shards,
-    shard_report_folder,
-    split_keys,
-    split_rows,
+    this_run,
 )
 from tasks.state import StateRoot
-from tasks.tables import write_table
 
 FLOW = "micrio-migration"
 SHARD_DEPLOYMENT = "micrio-migration/micrio-migration-shard"
@@ -48,69 +43,36 @@ def take_shard(sources: Sources, shard: ShardRange) -> None:
         sources.items = [i for i in sources.items if shard.holds_row(i.row)]
 
 
-def plan_shards(
-    sources: Sources, size: int, parameters: dict[str, Any], folder_id: str, root: StateRoot, parent: str
-) -> list[Shard]:
-    """The shards of a job: each one's range, and its parameters (the parent's, into the existing folder,
-    reporting to the parent's shard folder)."""
-    if sources.kind == "prefix":
-        ranges = [dict(first_key=a, stop_key=b) for a, b in split_keys([i.key for i in sources.items], size)]
-    else:
-        ranges = [dict(first_row=a, stop_row=b) for a, b in split_rows(len(sources.items), size)]
-    folder = shard_report_folder(root, FLOW, parent)
-    shards = []
-    for number, bounds in enumerate(ranges, 1):
-        shard = ShardRange(number=number, of=len(ranges), parent=parent, **bounds)
-        report = f"{folder}/shard-{number}.parquet"
-        params = {
-            **parameters,
-            "target": {"kind": "existing", "folder_id": folder_id},
-            "fan_out": {"shard_size": 0, "shard": shard.model_dump()},
-            "outputs": {**parameters.get("outputs", {}), "report": report, "journal": ""},
-        }
-        shards.append(Shard(shard, params, report))
-    return shards
-
-
 async def migrate_in_shards(
     sources: Sources, folder_id: str, fan_out: FanOut, root: StateRoot, report: str, journal: str, s3: Any
 ) -> tuple[MigrationSummary, dict[str, int]]:
     """Run the shards with this run's parameters, wait for them, and write the job's one report and
     artifacts."""
     from prefect import get_run_logger
-    from prefect.runtime import flow_run
 
     check_fan_out(root)
     logger = get_run_logger()
-    parent = f"{flow_run.name or 'ad-hoc'}-{str(flow_run.id or '')[:8]}"
-    parameters = to_jsonable_python(flow_run.parameters)
-    shards = plan_shards(sources, fan_out.shard_size, parameters, folder_id, root, parent)
+    size, items = fan_out.shard_size, sources.items
+    if sources.kind == "prefix":
+        ranges = key_ranges([i.key for i in items], size)
+    else:
+        ranges = row_ranges(len(items), size)
+    target = {"kind": "existing", "folder_id": folder_id}  # the shards add to the folder the parent has
+    parent, parameters = this_run()
+    shards = plan_shards(FLOW, ranges, parameters, root, parent, outputs={"journal": ""}, target=target)
     logger.info("%d sources in %d shards of %d on %s", len(sources.items), len(shards), fan_out.shard_size,
                 fan_out.deployment or SHARD_DEPLOYMENT)  # fmt: skip
     runs = await run_shards(fan_out.deployment or SHARD_DEPLOYMENT, shards, fan_out.max_reruns, s3, logger)
     rows, problems = _gather(sources, runs)
-    write_table(report_frame(rows), report, s3)
-    counts = Counter(r["outcome"] for r in rows)
     in_flight = sum(r.summary.get("in_flight", 0) for r in runs)
     resumed = sum(1 for r in runs if r.summary.get("resumed") or r.runs > 1)
+    figures = {key: sum(r.summary.get(key, 0) for r in runs) for key in ("added_this_run", "already_added")}
     summary = MigrationSummary(
-        folder_id=folder_id,
-        read_as=sources.read_as,
-        total=len(rows),
-        done=counts["done"],
-        skipped=counts["skipped"],
-        failed=counts["failed"] - in_flight,
-        rejected=counts["rejected"],
-        in_flight=in_flight,
-        added_this_run=sum(r.summary.get("added_this_run", 0) for r in runs),
-        already_added=sum(r.summary.get("already_added", 0) for r in runs),
+        folder_id=folder_id, read_as=sources.read_as, problems=[*sources.problems, *problems], report=report,
+        journal=journal, in_flight=in_flight, **figures, **outcome_totals(rows, in_flight),
         resumed=f"{resumed} of {len(runs)} shards resumed from their journals" if resumed else "",
-        problems=[*sources.problems, *problems],
-        report=report,
-        journal=journal,
-    )
-    await publish(rows, summary)
-    return summary, dict(counts)
+    )  # fmt: skip
+    return await write_report(rows, summary, s3)
 
 
 def _gather(sources: Sources, runs: list[ShardRun]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -119,12 +81,10 @@ def _gather(sources: Sources, runs: list[ShardRun]) -> tuple[list[dict[str, Any]
     problems: list[str] = []
     for run in runs:
         if run.finished:
-            rows += _plain_rows(run.report)
+            rows += run.rows()
             problems += [p for p in run.summary.get("problems", []) if p not in problems]
             continue
-        why = (
-            f"{run.shard.range.label()} did not finish (its last run ended {run.state} after {run.runs} runs)"
-        )
+        why = run.why_unfinished()
         problems.append(f"{why}: a re-run resumes it")
         for item in _items_of(sources, run.shard.range):
             rows.append({**report_row(item, 0), "outcome": "failed", "status": "not_added",
@@ -137,10 +97,3 @@ def _items_of(sources: Sources, shard: ShardRange) -> list[Item]:
     part = Sources(sources.kind, sources.where, list(sources.items))
     take_shard(part, shard)
     return part.items
-
-
-def _plain_rows(frame: pd.DataFrame | None) -> list[dict[str, Any]]:
-    """A report read back, as the rows ``report_frame`` takes (missing values as None)."""
-    if frame is None or frame.empty:
-        return []
-    return frame.astype(object).where(frame.notna(), None).to_dict("records")

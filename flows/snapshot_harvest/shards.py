@@ -21,9 +21,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pandas as pd
-from pydantic_core import to_jsonable_python
-
 from flows.snapshot_harvest.pacing import PacingState
 from flows.snapshot_harvest.parameters import FLOW_NAME, HarvestSummary, Outputs
 from flows.snapshot_harvest.report import Stages, write_outputs
@@ -34,9 +31,10 @@ from tasks.fan_out import (
     ShardRange,
     ShardRun,
     check_fan_out,
+    key_ranges,
+    plan_shards,
     run_shards,
-    shard_report_folder,
-    split_keys,
+    this_run,
     write_shard_summary,
 )
 from tasks.journal import GroupCommit, Journal
@@ -113,24 +111,12 @@ async def shard_done(summary: HarvestSummary, problems: list[str], report: str, 
     await asyncio.to_thread(write_shard_summary, report, out, _s3(report, bucket))
 
 
-def plan_shards(
+def plan_camera_shards(
     rows: list[CameraResult], size: int, parameters: dict[str, Any], root: StateRoot, parent: str
 ) -> list[Shard]:
     """The uuid ranges of the cameras to harvest, each with the parent's parameters and its own report."""
     pending = [r.device_uuid for r in rows if r.outcome == "pending"]
-    ranges = split_keys(pending, size)
-    folder = shard_report_folder(root, FLOW_NAME, parent)
-    shards = []
-    for number, (first, stop) in enumerate(ranges, 1):
-        shard = ShardRange(number=number, of=len(ranges), parent=parent, first_key=first, stop_key=stop)
-        report = f"{folder}/shard-{number}.parquet"
-        params = {
-            **parameters,
-            "fan_out": {"shard_size": 0, "shard": shard.model_dump()},
-            "outputs": {**parameters.get("outputs", {}), "report": report},
-        }
-        shards.append(Shard(shard, params, report))
-    return shards
+    return plan_shards(FLOW_NAME, key_ranges(pending, size), parameters, root, parent)
 
 
 async def harvest_in_shards(
@@ -148,12 +134,11 @@ async def harvest_in_shards(
     """Run the shards at once, wait for them, merge their pacing marks into the project's state, and write the
     job's one report and artifacts (``problems`` gets the shards' own)."""
     from prefect import get_run_logger
-    from prefect.runtime import flow_run
 
     check_fan_out(root)
     logger = get_run_logger()
-    parent = f"{flow_run.name or 'ad-hoc'}-{str(flow_run.id or '')[:8]}"
-    shards = plan_shards(rows, fan_out.shard_size, to_jsonable_python(flow_run.parameters), root, parent)
+    parent, parameters = this_run()
+    shards = plan_camera_shards(rows, fan_out.shard_size, parameters, root, parent)
     deployment = fan_out.deployment or SHARD_DEPLOYMENT
     pending = sum(r.outcome == "pending" for r in rows)
     logger.info("%d cameras to harvest in %d shards of %d on %s", pending, len(shards), fan_out.shard_size,
@@ -184,22 +169,13 @@ def gather(rows: list[CameraResult], runs: list[ShardRun], problems: list[str]) 
     out: list[CameraResult] = []
     for run in runs:
         if run.finished:
-            out += [CameraResult.model_validate(r) for r in _plain_rows(run.report)]
+            out += [CameraResult.model_validate(r) for r in run.rows()]
             problems += [p for p in run.summary.get("problems", []) if p not in problems]
             continue
-        why = (
-            f"{run.shard.range.label()} did not finish (its last run ended {run.state} after {run.runs} runs)"
-        )
+        why = run.why_unfinished()
         problems.append(why)
         for row in take_shard(rows, run.shard.range):
             if row.outcome == "pending":
                 row = row.model_copy(update={"originals": "failed", "reason": why})
             out.append(row)
     return out
-
-
-def _plain_rows(frame: pd.DataFrame | None) -> list[dict[str, Any]]:
-    """A report read back as plain dicts (missing values as None)."""
-    if frame is None or frame.empty:
-        return []
-    return frame.astype(object).where(frame.notna(), None).to_dict("records")

@@ -27,7 +27,7 @@ from demo.setup import emulator_aws_credentials, s3_client
 from emulators.launcher import running_emulators
 from tests.reliability.fan_out_stack import kill_a_running_shard, shard_runs, wait_final
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # the first test also starts the stack
 
 IMAGES, SHARD_SIZE, BATCH = 3000, 1000, 100
 BUCKET = "demo-bucket"

@@ -33,7 +33,7 @@ from emulators.viziosense.backend import device_uuid
 from tasks.fan_out import split_keys
 from tests.reliability.fan_out_stack import TIMEOUT, flow_run_processes, shard_runs, wait_final
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # the first test also starts the stack
 
 CAMERAS, SHARD_SIZE, CONCURRENCY, FIT_WORKERS = 60, 20, 4, 1
 IN_DELIVERY = 2 * max(CONCURRENCY, FIT_WORKERS)  # cameras holding images at once in a shard: the kill's bound

@@ -339,12 +339,12 @@ def fleet_rows(n: int = 10) -> list[CameraResult]:
 
 
 def test_shards_split_the_cameras_by_uuid_range_and_cover_every_row_once(tmp_path):
-    from flows.snapshot_harvest.shards import plan_shards, take_shard
+    from flows.snapshot_harvest.shards import plan_camera_shards, take_shard
     from tasks.state import StateRoot
 
     rows = fleet_rows(10)
     parameters = {"outputs": {"state": "s3://b/pacing.json"}, "fan_out": {"shard_size": 3}}
-    shards = plan_shards(rows, 3, parameters, StateRoot(str(tmp_path)), "parent-1")
+    shards = plan_camera_shards(rows, 3, parameters, StateRoot(str(tmp_path)), "parent-1")
     pending = [r for r in rows if r.outcome == "pending"]
     assert len(shards) == 3 and len(pending) == 8  # 3 + 3 + 2 cameras to harvest
     taken = [take_shard(rows, s.range) for s in shards]
@@ -383,12 +383,12 @@ def test_the_parent_gathers_one_row_per_camera_and_fails_an_unfinished_shard(tmp
     import pandas as pd
 
     from flows.snapshot_harvest.rows import REPORT_COLUMNS
-    from flows.snapshot_harvest.shards import gather, plan_shards
+    from flows.snapshot_harvest.shards import gather, plan_camera_shards
     from tasks.fan_out import ShardRun
     from tasks.state import StateRoot
 
     rows = fleet_rows(10)
-    shards = plan_shards(rows, 4, {}, StateRoot(str(tmp_path)), "p")
+    shards = plan_camera_shards(rows, 4, {}, StateRoot(str(tmp_path)), "p")
     done = [r.model_copy(update={"originals": "stored", "s3_raw_key": "r", "s3_annotated_key": "a",
                                  "requested_at": datetime(2025, 1, 1, tzinfo=UTC)})
             for r in rows if shards[0].range.holds_key(r.device_uuid)]  # fmt: skip
