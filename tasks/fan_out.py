@@ -72,7 +72,7 @@ class FanOut(BaseModel):
     max_reruns: int = Field(2, ge=0, le=10)
     """Times a shard whose run crashed or was cancelled (its worker died) is started again; it resumes from
     its journal."""
-    shard: ShardRange = ShardRange()
+    shard: ShardRange = Field(ShardRange(), title="Shard")  # titled: the run form labels it so
     """Set by the parent run on each shard: leave it empty."""
 
 
