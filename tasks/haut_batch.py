@@ -377,7 +377,7 @@ async def submit_batch(
     - unknown: the subject from ``subjects`` (created on first need), signed URL(s) → journal ``uploading`` →
       PUT → compute → journal ``computed`` → ``submitted``.
 
-    Analyses go through these steps one after the other, ``concurrency`` of them at a time (so the first
+    Analyses go through these steps one after the other, ``2 × concurrency`` of them at a time (so the first
     photos are on their way while later ones are still being read), with at most ``concurrency`` reads or
     requests at once (or as many as ``limit``, a semaphore shared with the caller's own requests). Identical
     analyses in one batch (same subject, same bytes) are sent once. ``on_submitted`` is called with each
@@ -391,7 +391,9 @@ async def submit_batch(
         ```
     """
     limit = limit or asyncio.Semaphore(max(1, concurrency))  # reads and requests in flight
-    slots = asyncio.Semaphore(max(1, concurrency))  # analyses under way
+    # Analyses under way: twice the requests in flight, as each spends part of its time reading its image
+    # or waiting for the journal; that keeps ``concurrency`` requests going (and bounds the bytes held).
+    slots = asyncio.Semaphore(2 * max(1, concurrency))
     prep = prep_signature(max_side)
     work = [_Work(u) for u in units]
     first_of: dict[str, _Work] = {}

@@ -59,6 +59,7 @@ from tasks.haut import ensure_haut_dataset
 from tasks.haut_batch import JournalState
 from tasks.journal import GroupCommit, Journal
 from tasks.run_state import finish
+from tasks.state import StateRoot
 from tasks.storage import s3_client_for
 
 from .inputs import group_units
@@ -70,7 +71,7 @@ from .options import (
     SkinAnalysisSummary,
     UploadOptions,
 )
-from .outputs import Locations, report_run
+from .outputs import Locations, report_builder, report_run
 from .run import SkinRun, read_inputs
 
 
@@ -106,14 +107,19 @@ async def skin_analysis(
     """
     logger = get_run_logger()
     credentials = await HautCredentials.resolve(haut_block)
-    where = Locations.of(source, analysis, outputs, credentials)
-    s3 = await s3_client_for(s3_bucket_block, (source, *where))
+    root = await StateRoot.current(outputs.state_root)
+    root.check_local([source], "source")
+    root.check_local([outputs.report, outputs.metrics_report, outputs.journal], "outputs")
+    where = Locations.of(source, analysis, outputs, credentials, root)
+    s3 = await s3_client_for(s3_bucket_block or root.s3_bucket_block, (source, *where))
     journal = GroupCommit(Journal(where.journal, s3_client=s3))
-    records, (inputs, problems) = await asyncio.gather(
+    records, (inputs, problems) = await asyncio.gather(  # the journal is read while the source is listed
         asyncio.to_thread(journal.journal.read), read_inputs(source, s3)
     )
     units = group_units(inputs.images, analysis.api_version)
-    run = SkinRun(units, JournalState(records), journal, analysis.api_version, upload, polling, privacy, s3)
+    report = report_builder(analysis.dataset_name, analysis.api_version, privacy, where)
+    state = JournalState(records)
+    run = SkinRun(units, state, journal, analysis.api_version, upload, polling, privacy, report, s3)
     dataset_id = ""
     if units:  # nothing usable: nothing is created in Haut, not even the dataset
         dataset, _ = await asyncio.gather(
@@ -123,7 +129,7 @@ async def skin_analysis(
         dataset_id = dataset.id
         await run.analyse(credentials, dataset_id, inputs.subjects)
     await run.progress.update(100.0)
-    summary = await report_run(run, inputs, problems, dataset_id, analysis.dataset_name, privacy, where)
+    summary = await report_run(run, inputs, problems, dataset_id, where)
     counts = {"done": summary.done, "rejected": summary.rejected, "failed": summary.failed}
     return finish(
         summary, what="images", counts=counts, report=where.report, problems=summary.problems, logger=logger

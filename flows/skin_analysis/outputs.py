@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
@@ -14,11 +13,11 @@ from prefect import get_run_logger
 
 from blocks.haut import HautCredentials
 from tasks.reports import counts_table, failures_markdown, publish_markdown, publish_table
-from tasks.state import default_state
+from tasks.state import StateRoot
 
 from .inputs import SkinInputs
 from .options import AnalysisOptions, OutputOptions, PrivacyOptions, SkinAnalysisSummary
-from .tables import metric_summary, report_tables, write_skin_reports
+from .tables import ReportBuilder, metric_summary, write_reports
 
 if TYPE_CHECKING:
     from .run import SkinRun
@@ -35,21 +34,42 @@ class Locations(NamedTuple):
 
     @classmethod
     def of(
-        cls, source: str, analysis: AnalysisOptions, outputs: OutputOptions, credentials: HautCredentials
+        cls,
+        source: str,
+        analysis: AnalysisOptions,
+        outputs: OutputOptions,
+        credentials: HautCredentials,
+        root: StateRoot,
     ) -> Locations:
-        """The given locations, or the defaults: a timestamped report, a journal named after the input."""
-        report = outputs.report or f"reports/skin-analysis-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.csv"
+        """The given locations, or the defaults under the state root: a timestamped report, a journal named
+        after the input."""
+        report = outputs.report or root.report("skin-analysis")
         journal = outputs.journal or default_journal(
-            source, analysis.dataset_name, analysis.api_version, credentials
+            root, source, analysis.dataset_name, analysis.api_version, credentials
         )
         return cls(report, outputs.metrics_report or metrics_name(report), journal)
 
 
-def default_journal(source: str, dataset_name: str, api_version: str, credentials: HautCredentials) -> str:
+def default_journal(
+    root: StateRoot, source: str, dataset_name: str, api_version: str, credentials: HautCredentials
+) -> str:
     """Journal file named after the input and the target, so re-running the same input resumes."""
     where = source if source.startswith("s3://") else os.path.abspath(source)
     target = [where, dataset_name, api_version, credentials.base_url, credentials.company_id]
-    return default_state("skin-analysis", target)
+    return root.location("skin-analysis", target)
+
+
+def report_builder(
+    dataset_name: str, api_version: str, privacy: PrivacyOptions, where: Locations
+) -> ReportBuilder:
+    """The run's report rows, built as batches finish; the metrics report rendered as it goes if a CSV file."""
+    return ReportBuilder(
+        dataset_name,
+        api_version,
+        file_names=privacy.include_file_names,
+        subject_names=privacy.include_subject_names,
+        tidy_csv=where.metrics_report.lower().endswith(".csv"),
+    )
 
 
 def metrics_name(report: str) -> str:
@@ -78,20 +98,11 @@ async def report_run(
     inputs: SkinInputs,
     problems: list[str],
     dataset_id: str,
-    dataset_name: str,
-    privacy: PrivacyOptions,
     where: Locations,
 ) -> SkinAnalysisSummary:
     """Write the reports and publish the artifacts (both finish before anything is raised); the summary."""
-    wide_rows, wide, tidy = report_tables(
-        inputs.images,
-        run.units,
-        run.outcomes,
-        dataset_name,
-        run.api_version,
-        file_names=privacy.include_file_names,
-        subject_names=privacy.include_subject_names,
-    )
+    # The batches' rows are built as they finish: what is left is put in order off the event loop.
+    wide_rows, wide, tidy = await run.report.run(run.report.tables, inputs.images)
     statuses = Counter(r["status"] for r in wide_rows)
     waiting = run.pending
     pending = sum(1 for r in wide_rows if r["status"] == "failed" and r.get("analysis") in waiting)
@@ -113,12 +124,13 @@ async def report_run(
         metrics_report=where.metrics_report,
         journal=where.journal,
     )
-    # Written (in threads) while the artifacts are published.
+    # Written (in a thread) while the artifacts are published.
     written, published = await asyncio.gather(
-        write_skin_reports(wide, tidy, where.report, where.metrics_report, run.s3),
+        run.report.run(write_reports, run.report, wide, tidy, where.report, where.metrics_report, run.s3),
         _publish(wide_rows, tidy, summary),
         return_exceptions=True,
     )
+    run.report.thread.shutdown(wait=False)
     for outcome in (written, published):
         if isinstance(outcome, BaseException):
             raise outcome
@@ -137,19 +149,21 @@ async def report_run(
 
 
 async def _publish(wide_rows: list[dict[str, Any]], tidy: pd.DataFrame, summary: SkinAnalysisSummary) -> None:
-    """Artifacts: per-metric summary, outcomes by reason, failures."""
-    await publish_table(
-        f"{ARTIFACT}-summary",
-        metric_summary(tidy),
-        f"Whole-face metrics of {len(tidy['analysis'].unique())} analyses ({summary.api_version}): mean, min, "
-        f"max. Images: {summary.done} done, {summary.rejected} rejected, {summary.failed} failed.",
-    )
+    """Artifacts: per-metric summary, outcomes by reason, failures (published at once)."""
     reasons = Counter((r["status"], r.get("reason") or "") for r in wide_rows)
-    await publish_table(f"{ARTIFACT}-outcomes", counts_table(reasons), "Images by status and reason")
     columns = ["item", "status", "reason", "subject_key", "side"]
     failures = [{c: r.get(c) for c in columns} for r in wide_rows if r["status"] != "done"]
-    await publish_markdown(
-        f"{ARTIFACT}-failures",
-        failures_markdown("Skin analysis: images not done", failures, columns),
-        "Rejected and failed images with the reason (item = row of the report)",
+    await asyncio.gather(
+        publish_table(
+            f"{ARTIFACT}-summary",
+            metric_summary(tidy),
+            f"Whole-face metrics of {len(tidy['analysis'].unique())} analyses ({summary.api_version}): mean, "
+            f"min, max. Images: {summary.done} done, {summary.rejected} rejected, {summary.failed} failed.",
+        ),
+        publish_table(f"{ARTIFACT}-outcomes", counts_table(reasons), "Images by status and reason"),
+        publish_markdown(
+            f"{ARTIFACT}-failures",
+            failures_markdown("Skin analysis: images not done", failures, columns),
+            "Rejected and failed images with the reason (item = row of the report)",
+        ),
     )

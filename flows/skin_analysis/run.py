@@ -24,6 +24,7 @@ from tasks.reports import Progress
 from .inputs import SkinInputs, SkinUnit, collect_skin_inputs, is_manifest
 from .options import PollingOptions, PrivacyOptions, UploadOptions
 from .outputs import ARTIFACT
+from .tables import ReportBuilder
 
 
 async def read_inputs(source: str, s3: Any) -> tuple[SkinInputs, list[str]]:
@@ -72,10 +73,12 @@ class SkinRun:
         upload: UploadOptions,
         polling: PollingOptions,
         privacy: PrivacyOptions,
+        report: ReportBuilder,
         s3: Any = None,
     ) -> None:
         self.units, self.state, self.journal, self.api_version = units, state, journal, api_version
         self.upload, self.polling, self.privacy, self.s3 = upload, polling, privacy, s3
+        self.report = report  # each finished batch adds its rows
         self.outcomes: dict[int, UnitOutcome] = {}
         self.progress = Progress(f"{ARTIFACT}-progress", f"Analyses finished of {len(units)} ({api_version})")
         self.deleted: set[str] = set()  # subjects whose photos this run deleted
@@ -146,10 +149,12 @@ class SkinRun:
             counts["failed"],
             counts["rejected"],
         )
-        if self.privacy.delete_photos:
-            await self._delete_finished_photos(credentials, batch)
         done, total = len(self.outcomes), len(self.units)
-        await self.progress.update(100.0 * done / max(1, total), f"{done} of {total} analyses finished")
+        await asyncio.gather(
+            self.report.run(self.report.add, batch, {o.unit: o for o in results}),  # its report rows
+            self._delete_finished_photos(credentials, batch),
+            self.progress.update(100.0 * done / max(1, total), f"{done} of {total} analyses finished"),
+        )
 
     def _record(self, batch: list[SkinUnit], results: list[UnitOutcome]) -> None:
         for unit, outcome in zip(batch, results, strict=True):
@@ -164,6 +169,8 @@ class SkinRun:
 
     async def _delete_finished_photos(self, credentials: HautCredentials, batch: list[SkinUnit]) -> None:
         """GDPR: photos of the batch's subjects whose analyses all have results (none still waiting)."""
+        if not self.privacy.delete_photos:
+            return
         kept = self._waiting_results | self.deleted
         ready = [
             name

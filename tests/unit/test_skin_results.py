@@ -384,3 +384,43 @@ def test_prepare_png_keeps_png():
     Image.new("RGB", (300, 300), (1, 2, 3)).save(buf, "PNG")
     prepared = prepare_image(buf.getvalue())
     assert prepared.format == "PNG" and not math.isnan(prepared.width)
+
+
+def test_report_builder_gives_the_tables_of_the_whole_run_whatever_order_batches_finish_in():
+    from flows.skin_analysis.tables import ReportBuilder, report_tables
+    from tasks.haut_batch import ImageOutcome, UnitOutcome
+
+    images = images_from_files([(f"/in/s{n}/front.jpg", f"s{n}/front.jpg") for n in range(1, 6)])
+    images[2].rejected, images[2].subject = "the subject is empty", None  # refused as input: never analysed
+    units = group_units(images, "v1")
+    status = {u.unit: "failed" if u.unit == 2 else "done" for u in units}
+    outcomes = {
+        u.unit: UnitOutcome(
+            unit=u.unit,
+            status=status[u.unit],
+            subject_id=f"s{u.unit}",
+            images=[ImageOutcome(item=u.images[0].item, status=status[u.unit], image_id=f"i{u.unit}")],
+            rows=[] if u.unit == 2 else [*ROWS_A, *ROWS_B],
+        )
+        for u in units
+    }
+    whole = report_tables(images, units, outcomes, "study", "v1", file_names=True)
+    as_written = whole[2].to_csv(index=False, lineterminator="\r\n")  # as tasks.tables.write_table does
+    # The last batch finishes first; then batches whose analyses interleave (rendered whole at the end).
+    for batches in ((units[2:], units[:1], units[1:2]), ([units[0], units[3]], units[1:3])):
+        builder = ReportBuilder("study", "v1", file_names=True, tidy_csv=True)
+        for batch in batches:
+            builder.add(batch, outcomes)
+        rows, wide, tidy = builder.tables(images)
+        assert rows == whole[0] and [r["status"] for r in rows] == [
+            "done",
+            "failed",
+            "rejected",
+            "done",
+            "done",
+        ]
+        pd.testing.assert_frame_equal(wide, whole[1])
+        pd.testing.assert_frame_equal(tidy, whole[2])
+        assert builder.tidy_csv_text(tidy) == as_written
+    assert list(tidy["analysis"].drop_duplicates()) == [1, 3, 4]
+    assert as_written.count("s4/front.jpg") == len(ROWS_A) + len(ROWS_B) and "s2/" not in as_written
