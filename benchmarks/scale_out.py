@@ -162,23 +162,9 @@ class Stack:
 def production_stack(tmp: Path) -> Iterator[Stack]:
     """A Prefect server on a fresh PostgreSQL database and Redis logical database, and its work pool;
     workers are added by ``Stack.add_workers``. Everything is stopped and dropped at the end."""
-    from tests.reliability.prefect_stack import (
-        child_env,
-        postgres_database,
-        prefect_cli,
-        process_group,
-        production_settings,
-        redis_database,
-    )
+    from tests.reliability.prefect_stack import production_server
 
-    with contextlib.ExitStack() as stack:
-        database = stack.enter_context(postgres_database("prefect_bench"))
-        redis_db = stack.enter_context(redis_database())
-        group = stack.enter_context(process_group(tmp / "logs"))
-        server_env = child_env(tmp / "server-home", **production_settings(database, redis_db))
-        (api_url,) = group.start_servers(["api"], server_env)
-        client_env = child_env(tmp / "client-home", api_url)
-        prefect_cli("work-pool", "create", POOL, "--type", "process", "--overwrite", env=client_env)
+    with production_server(tmp, POOL, "prefect_bench") as (api_url, group, client_env):
         try:
             yield Stack(api_url, group, tmp, client_env)
         finally:

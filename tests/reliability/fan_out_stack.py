@@ -12,7 +12,6 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +26,9 @@ from tests.reliability.prefect_stack import (
     ROOT,
     ProcessGroup,
     child_env,
-    postgres_database,
     prefect_cli,
-    process_group,
+    production_server,
     production_services,
-    production_settings,
-    redis_database,
     require_services,
 )
 
@@ -75,14 +71,7 @@ class FanOutStack:
 def fan_out_stack(tmp_path_factory):
     require_services(production_services())
     tmp = tmp_path_factory.mktemp("fan-out")
-    with ExitStack() as stack:
-        database = stack.enter_context(postgres_database())
-        redis_db = stack.enter_context(redis_database())
-        group = stack.enter_context(process_group(tmp / "logs"))
-        server_env = child_env(tmp / "server-home", **production_settings(database, redis_db))
-        (api_url,) = group.start_servers(["api"], server_env)
-        client_env = child_env(tmp / "client-home", api_url)
-        prefect_cli("work-pool", "create", POOL, "--type", "process", "--overwrite", env=client_env)
+    with production_server(tmp, POOL) as (api_url, group, client_env):
         for n in range(1, WORKERS + 1):
             workdir = tmp / f"machine-{n}"
             workdir.mkdir()

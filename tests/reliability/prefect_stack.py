@@ -348,3 +348,21 @@ async def run_deployments(
         for run_id in pending:
             final[run_id] = await client.read_flow_run(run_id)
         return [final[fr.id] for fr in created]
+
+
+@contextlib.contextmanager
+def production_server(
+    tmp: Path, pool: str, database_prefix: str = "prefect_test"
+) -> Iterator[tuple[str, ProcessGroup, dict[str, str]]]:
+    """One Prefect server on a new PostgreSQL database and an empty Redis logical database, and a process work
+    pool: ``(api_url, the process group to start workers in, a client's environment)``. Stopped and dropped
+    at the end."""
+    with contextlib.ExitStack() as stack:
+        database = stack.enter_context(postgres_database(database_prefix))
+        redis_db = stack.enter_context(redis_database())
+        group = stack.enter_context(process_group(tmp / "logs"))
+        server_env = child_env(tmp / "server-home", **production_settings(database, redis_db))
+        (api_url,) = group.start_servers(["api"], server_env)
+        client_env = child_env(tmp / "client-home", api_url)
+        prefect_cli("work-pool", "create", pool, "--type", "process", "--overwrite", env=client_env)
+        yield api_url, group, client_env
