@@ -1,5 +1,5 @@
 """Haut.ai SaaS API client: auth and private tokens, datasets and applications, subjects, the v1 and v3 image
-flows, results, aux images and webhooks (docs/service-apis.md §4).
+flows, results, aux images and webhooks (docs/service-api-facts.md §4).
 
 Authentication: a **private token** (recommended: no login at all) or username + password. With a login,
 the client keeps the access token and refreshes it shortly before it expires (60 min, DOC); it never logs in
@@ -95,7 +95,7 @@ V3_COMPUTE_PATH = "/api/v3/companies/{company_id}/batches/{batch_id}/compute/"
 V3_RESULTS_PATH = "/api/v3/companies/{company_id}/batches/{batch_id}/results/"
 SVG_MASKS_PATH = "/service/rasterisation/v5/svg_masks/"  # DOC; ?company_id=<uuid>
 
-# --- paths and names: ASSUMED (docs/service-apis.md §4.14; the emulator uses the same) ------------------------------------
+# --- paths and names: ASSUMED (docs/service-api-facts.md §4.14; the emulator uses the same) ------------------------------------
 SIDES_PATH = V1 + "/dicts/sides/"
 LIGHTS_PATH = V1 + "/dicts/lights/"
 ATTACH_DEPENDENCIES_PARAM = "attach_dependencies"  # ?attach_dependencies=true
@@ -230,7 +230,7 @@ def check_choice(value: Any, field: str, choices: tuple[str, ...]) -> str:
 def check_webhook(
     url: Any, authorization: Any, authorization_key: Any, authorization_value: Any, method: Any
 ) -> None:
-    """docs/service-apis.md §4.11: url (http/https URI), authorization query|basic|bearer, key/value 1–128, method post|get."""
+    """docs/service-api-facts.md §4.11: url (http/https URI), authorization query|basic|bearer, key/value 1–128, method post|get."""
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise InputError("url", "is not an absolute http(s) URL")

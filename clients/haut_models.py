@@ -1,4 +1,4 @@
-"""Pydantic models of the Haut.ai SaaS API records (docs/service-apis.md §4). Tolerant: unknown fields are kept.
+"""Pydantic models of the Haut.ai SaaS API records (docs/service-api-facts.md §4). Tolerant: unknown fields are kept.
 
 Only the fields the flows rely on are declared; everything else the service sends stays reachable through
 ``model_extra`` (``extra="allow"``). Secrets the API returns (a new private token, a webhook's keys) are

@@ -1,4 +1,4 @@
-"""Micrio Server API v2 client (Enterprise): add images from source URLs, poll their tiling, folders (docs/service-apis.md §3).
+"""Micrio Server API v2 client (Enterprise): add images from source URLs, poll their tiling, folders (docs/service-api-facts.md §3).
 
 Auth is in the JSON body (``organisationId`` + ``apiKey`` on every call, DOC). Both values are registered
 for redaction, and error messages are built from the *response* only, so the key in the request body can

@@ -1,4 +1,4 @@
-"""Miniviz client: data events, image events (Pro plan) and image retrieval (docs/service-apis.md §1).
+"""Miniviz client: data events, image events (Pro plan) and image retrieval (docs/service-api-facts.md §1).
 
 Every documented constraint is checked before sending, and both documented rate limits are paced in
 process and across the processes of the machine (data: one event per interval per project; images: one per
@@ -79,7 +79,7 @@ def check_label_key(label_key: Any) -> str:
 
 def check_timestamp_ms(timestamp_ms: Any) -> int:
     """An integer count of UNIX milliseconds: all Miniviz documents (no lower or upper bound, so dates before
-    1970 are negative and historical data before 2001 is accepted; docs/service-apis.md). A value the service refuses
+    1970 are negative and historical data before 2001 is accepted; docs/service-api-facts.md). A value the service refuses
     comes back as its own 400 error."""
     if isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, int):
         raise InputError(

@@ -1,4 +1,4 @@
-"""VizioSense integrator API client: devices, snapshot images and webhooks (docs/service-apis.md §2).
+"""VizioSense integrator API client: devices, snapshot images and webhooks (docs/service-api-facts.md §2).
 
 Auth is either a long-lived API key (recommended for machine-to-machine use) or email + password: the
 client then logs in once, renews the access token shortly before it expires (refresh token first, a fresh
@@ -40,7 +40,7 @@ DEVICES_PATH = f"{PREFIX}/devices"
 DEVICE_PATH = f"{PREFIX}/devices/{{device_uuid}}"
 DEVICE_REFRESH_PATH = f"{PREFIX}/devices/{{device_uuid}}/refresh"
 DEVICE_IMAGE_PATH = f"{PREFIX}/devices/{{device_uuid}}/image"
-# Webhooks per device (path segment) or global with a ``?device_uuid=`` filter: docs/service-apis.md §2.3 leaves it open.
+# Webhooks per device (path segment) or global with a ``?device_uuid=`` filter: docs/service-api-facts.md §2.3 leaves it open.
 WEBHOOKS_PER_DEVICE = True  # ASSUMED: flip to False for /api/v1/webhooks?device_uuid=...
 DEVICE_WEBHOOKS_PATH = f"{PREFIX}/devices/{{device_uuid}}/webhooks"
 DEVICE_WEBHOOK_PATH = f"{PREFIX}/devices/{{device_uuid}}/webhooks/{{webhook_id}}"

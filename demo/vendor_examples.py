@@ -1,4 +1,4 @@
-"""Each service driven through its vendor's own documented example (docs/service-apis.md), host and credentials
+"""Each service driven through its vendor's own documented example (docs/service-api-facts.md), host and credentials
 pointed at the local emulators. Each example yields the lines the demo prints."""
 
 from __future__ import annotations

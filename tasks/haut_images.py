@@ -1,7 +1,7 @@
 """Images for Haut (blocking: run in threads): read a local path or s3:// URI, validate by content, turn
 upright, optionally shrink.
 
-Haut takes a decodable JPEG or PNG of at least 256×256 px and at most 30 MiB (docs/service-apis.md §4.13). Untouched
+Haut takes a decodable JPEG or PNG of at least 256×256 px and at most 30 MiB (docs/service-api-facts.md §4.13). Untouched
 images are sent byte for byte; an EXIF orientation is applied to the pixels (tag removed) so Haut sees the
 face upright; ``max_side`` shrinks bigger photos.
 """

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from clients.haut_models import AlgorithmResult, V3Results
 
 FACE = "face"  # area name of whole-face figures (v1 "face" area; v3 top-level parameter values)
-# Bands of 0–100 "bad_good_line" scores (docs/service-apis.md §4.9, DOC), used when a result carries no tag.
+# Bands of 0–100 "bad_good_line" scores (docs/service-api-facts.md §4.9, DOC), used when a result carries no tag.
 _BANDS = ((90, "Excellent"), (80, "Great"), (70, "Good"), (50, "Average"), (30, "Poor"))
 _V3_SKIP = {"masks", "predicted_images", "images", "urls"}  # nested signed URLs: never in a report
 

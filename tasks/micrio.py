@@ -36,7 +36,7 @@ from tasks.image_io import sniff_image_format
 Credentials = MicrioCredentials | str
 Source = ImageSource | Mapping[str, Any] | str
 
-# The originals Micrio accepts (docs/service-apis.md, Micrio): JPEG, PNG, WebP and TIFF; Enterprise also BMP and
+# The originals Micrio accepts (docs/service-api-facts.md, Micrio): JPEG, PNG, WebP and TIFF; Enterprise also BMP and
 # Photoshop PSD/PSB. Camera RAW files built on TIFF (DNG, NEF, CR2, ARW) are recognised as TIFF.
 MICRIO_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF", "BMP", "PSD")
 SNIFF_BYTES = 32  # enough for every signature sniff_image_format knows

@@ -120,11 +120,6 @@ class StateRoot:
                 )
 
 
-def default_state(flow: str, identity: Any, suffix: str = ".jsonl", prefix: str = "") -> str:
-    """The zero-setup default location (``StateRoot().location``), for callers outside a configured run."""
-    return StateRoot().location(flow, identity, suffix, prefix)
-
-
 class Location:
     """A file written whole: a local path (temp file in the same folder, fsynced, renamed over it) or an
     ``s3://bucket/key`` object (one PUT: it appears whole or not at all). ``field`` names the parameter the
@@ -160,6 +155,9 @@ class Location:
             return None
 
     def write_bytes(self, data: bytes, content_type: str = "application/octet-stream") -> None:
+        if self.is_s3:  # in memory already: one PUT, no spooling
+            self._s3.put_object(Bucket=self._bucket, Key=self._key, Body=data, ContentType=content_type)
+            return
         with self.writer(content_type) as fh:
             fh.write(data)
 

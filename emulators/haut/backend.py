@@ -1,6 +1,6 @@
 """Haut.ai SaaS backend: accounts and tokens, datasets and applications, subjects (images: ``images.py``).
 
-Facts from docs/service-apis.md §4 (documented/inferred); the choices marked "our choice" there are followed
+Facts from docs/service-api-facts.md §4 (documented/inferred); the choices marked "our choice" there are followed
 exactly. Time comes only from ``self.clock`` (virtual seconds).
 """
 

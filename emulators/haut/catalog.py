@@ -1,6 +1,6 @@
 """The fixed dictionaries of the Haut.ai platform: image types, sides, lights, applications, algorithms.
 
-Known ids (DOC, docs/service-apis.md §4.10): side 1 front, 2 right, 3 left; light 1 regular. Everything else here (other
+Known ids (DOC, docs/service-api-facts.md §4.10): side 1 front, 2 right, 3 left; light 1 regular. Everything else here (other
 ids, names, the application catalogue) is ASSUMED but shaped like the documented responses.
 """
 
@@ -144,7 +144,7 @@ APPLICATIONS_BY_ID = {a["id"]: a for a in APPLICATIONS.values()}
 
 
 def application_body(app: dict[str, Any], created: str) -> dict[str, Any]:
-    """The documented application object (docs/service-apis.md §4.5)."""
+    """The documented application object (docs/service-api-facts.md §4.5)."""
     return {
         "id": app["id"],
         "name": app["name"],

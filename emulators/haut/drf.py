@@ -1,6 +1,6 @@
 """Django REST Framework conventions of the Haut.ai API: standardized errors, field validation, pagination.
 
-Error bodies follow drf-standardized-errors (docs/service-apis.md §4.3): ``{"type": "validation_error" | "client_error" |
+Error bodies follow drf-standardized-errors (docs/service-api-facts.md §4.3): ``{"type": "validation_error" | "client_error" |
 "server_error", "errors": [{"code", "detail", "attr", "extra"}]}``. Field messages are DRF's own wording, so a
 client sees what the real (Django) service says for the same mistake.
 """

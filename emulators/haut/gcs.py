@@ -1,6 +1,6 @@
 """A fake Google Cloud Storage for Haut.ai's signed upload and result URLs.
 
-The real service hands out GCS V4 signed URLs (docs/service-apis.md §4.7). The emulator serves them itself under
+The real service hands out GCS V4 signed URLs (docs/service-api-facts.md §4.7). The emulator serves them itself under
 ``/gcs/<bucket>/<object>`` (not under ``/_emulator``, so fault injection applies to uploads too) and answers
 like GCS does: XML error documents, ``SignatureDoesNotMatch`` (403) when the method, a query parameter or a
 signed header (``Content-Type``, ``X-Goog-Content-Length-Range``) differs from what was signed,

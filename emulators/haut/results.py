@@ -3,7 +3,7 @@
 Every figure is a pure function of the image bytes (through their SHA-256), so a test or a benchmark can
 recompute what the emulator must have returned for a given file (:func:`metric_scores`) and prove results
 arrived intact and were matched to the right image. Scores are 0–100 ``bad_good_line`` values with the
-documented bands (docs/service-apis.md §4.9); higher is better.
+documented bands (docs/service-api-facts.md §4.9); higher is better.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def _family_result(sha: str, family: str, name: str) -> dict[str, Any]:
 def v1_results(
     analysis: ImageAnalysis, image_id: str, app: dict[str, Any], run_id: str, created: str, image_type: str
 ) -> list[dict[str, Any]]:
-    """Algorithm results of one application for one image (docs/service-apis.md §4.9); ``is_ok: false`` for a bad image."""
+    """Algorithm results of one application for one image (docs/service-api-facts.md §4.9); ``is_ok: false`` for a bad image."""
     algorithms = app["algorithms_versions"]
     out = []
     for algo in algorithms:
@@ -236,7 +236,7 @@ def v1_results(
 
 # --- v3 batch parameters ------------------------------------------------------------------------------------------
 def v3_parameters(sha256_hex: str) -> dict[str, Any]:
-    """FSA 3.0 ``parameters`` for the batch's front image (shape INF from third-party clients, docs/service-apis.md §4.9)."""
+    """FSA 3.0 ``parameters`` for the batch's front image (shape INF from third-party clients, docs/service-api-facts.md §4.9)."""
     params: dict[str, Any] = {}
     for family, key in V3_KEYS.items():
         value = score(sha256_hex, family)

@@ -1,4 +1,4 @@
-"""Haut.ai HTTP routes (docs/service-apis.md §4). Thin: read token, query and body, call the backend, shape the response.
+"""Haut.ai HTTP routes (docs/service-api-facts.md §4). Thin: read token, query and body, call the backend, shape the response.
 
 Paths are DRF style with trailing slashes. DOC/INF paths first; every ASSUMED path or name is a constant here
 so that changing it is a one-line edit (clients keep their own copy of the same constants).

@@ -1,6 +1,6 @@
 """Micrio Server API v2 backend: organisations, folders, images and the tiling pipeline.
 
-Facts from docs/service-apis.md §3 (DOC unless noted). Error bodies are ASSUMED ``{"error": "<message>"}``.
+Facts from docs/service-api-facts.md §3 (DOC unless noted). Error bodies are ASSUMED ``{"error": "<message>"}``.
 
 Each added image really fetches its ``sourceUrl`` and walks ``queued → downloading → processing → tiling →
 storing → ready`` on the emulator's clock. A pool of ``max_concurrent`` worker tasks consumes one FIFO queue,

@@ -1,4 +1,4 @@
-"""Micrio Server API v2 HTTP routes (docs/service-apis.md §3.3). Thin: parse the JSON body, call the backend, wrap the result."""
+"""Micrio Server API v2 HTTP routes (docs/service-api-facts.md §3.3). Thin: parse the JSON body, call the backend, wrap the result."""
 
 from __future__ import annotations
 

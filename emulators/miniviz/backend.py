@@ -1,6 +1,6 @@
 """Miniviz backend: projects, plans, validation and per-project / per-label rate limits.
 
-Facts from docs/service-apis.md §1 (DOC unless noted). Error bodies are ASSUMED ``{"detail": "<message>"}``.
+Facts from docs/service-api-facts.md §1 (DOC unless noted). Error bodies are ASSUMED ``{"detail": "<message>"}``.
 """
 
 from __future__ import annotations

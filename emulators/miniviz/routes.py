@@ -1,4 +1,4 @@
-"""Miniviz HTTP routes (docs/service-apis.md §1.4). Thin: read the token and body, call the backend."""
+"""Miniviz HTTP routes (docs/service-api-facts.md §1.4). Thin: read the token and body, call the backend."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """VizioSense backend: users and tokens, role-filtered devices, the image request state machine, webhooks.
 
-Facts from docs/service-apis.md §2 (DOC unless noted). Error bodies:
+Facts from docs/service-api-facts.md §2 (DOC unless noted). Error bodies:
 ``{"httpError": <status>, "message": "..."}`` (DOC) and ``{"error": [...]}`` for validation (INF from the
 webhook samples; status 422 ASSUMED, as Laravel, which the paginator ``meta`` suggests, answers).
 

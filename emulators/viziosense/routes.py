@@ -1,4 +1,4 @@
-"""VizioSense HTTP routes (docs/service-apis.md §2.3). Thin: authenticate, read the body, call the backend.
+"""VizioSense HTTP routes (docs/service-api-facts.md §2.3). Thin: authenticate, read the body, call the backend.
 
 Every path is ASSUMED (the vendor publishes none): change a constant here to move an endpoint.
 """

@@ -124,7 +124,7 @@ def test_v1_flow_with_vendor_curl_upload(svc, api, cid, face_jpeg, tmp_path):
     )
     file_name = tmp_path / "selfie.jpg"
     file_name.write_bytes(face_jpeg)
-    # Haut.ai's "API for Images" page (docs/service-apis.md §4.7), verbatim apart from the URL and file name
+    # Haut.ai's "API for Images" page (docs/service-api-facts.md §4.7), verbatim apart from the URL and file name
     out = subprocess.run(
         [
             "curl",

@@ -180,7 +180,7 @@ async def test_a_haut_user_flow_logs_in_once(emu, prefect_harness):
 
 
 def test_the_haut_emulator_throttles_logins_as_firebase_does(emu):
-    """Contract: logging in per request is blocked (DOC warning; docs/service-apis.md §4.3): past the configured attempts
+    """Contract: logging in per request is blocked (DOC warning; docs/service-api-facts.md §4.3): past the configured attempts
     per username and minute (default 30), 429 in the DRF error shape with a Retry-After on the scaled clock."""
     svc = emu["haut"]
     c = svc.credentials

@@ -143,8 +143,9 @@ async def test_a_harvest_fanned_out_over_three_workers_survives_a_killed_shard(s
     per_camera = Counter(key.split("/")[1] for key in stored)
     assert set(per_camera) == set(report.device_uuid)
     assert set(report.s3_raw_key) | set(report.s3_annotated_key) <= set(stored)
-    again = sum(n // 2 - 1 for n in per_camera.values())  # cameras stored a second time
-    assert all(n % 2 == 0 for n in per_camera.values()) and again <= IN_DELIVERY, per_camera
+    # cameras stored a second time (a kill between a camera's raw and annotated puts leaves an odd count)
+    again = sum(1 for n in per_camera.values() if n > 2)
+    assert all(n >= 2 for n in per_camera.values()) and again <= IN_DELIVERY, per_camera
 
     got = emu["miniviz"].received()
     assert got["rejected_by_status"] == {}, got["rejected_by_status"]  # no 429, no refusal

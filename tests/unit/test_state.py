@@ -7,7 +7,7 @@ import os
 import pytest
 
 from clients.errors import InputError
-from tasks.state import Location, StateRoot, default_state
+from tasks.state import Location, StateRoot
 
 # --- Location: files written whole ----------------------------------------------------------------------------
 
@@ -31,8 +31,9 @@ def test_location_s3_needs_a_bucket_block_and_a_key():
 
 
 def test_default_state_names_a_job_by_its_identity():
-    a = default_state("flow", {"source": "x", "target": 1})
-    assert a == default_state("flow", {"target": 1, "source": "x"}) != default_state("flow", {"source": "y"})
+    root = StateRoot()
+    a = root.location("flow", {"source": "x", "target": 1})
+    assert a == root.location("flow", {"target": 1, "source": "x"}) != root.location("flow", {"source": "y"})
     assert a.startswith(".pipeline-state/flow/") and a.endswith(".jsonl")
 
 
