@@ -18,6 +18,10 @@
 4. **Outputs**: a wide report (one row per input image: status, reason, whole-face metrics) and a tidy metrics
    table (analysis × algorithm × area × metric: value, tag), CSV or Parquet, local or ``s3://``; artifacts:
    progress, per-metric summary (mean, min, max), outcomes by reason, and a markdown list of failures.
+5. **Fan-out** (``fan_out.shard_size``; ``shards.py``): more subjects than that, and the run creates every
+   subject once, splits them by pseudonymous key into shards (runs of the ``skin-analysis-shard`` deployment
+   on the work pool, all at once, writing to the job's one journal under the state root) and waits; a shard
+   whose run crashed starts again and resumes from the journal. One report and one set of artifacts.
 
 **Re-running** the same input resumes from the journal (records per analysis step, keyed by API, dataset,
 subject and the images' content hashes): finished analyses are reported from the journal without a request;
@@ -55,6 +59,7 @@ import asyncio
 from prefect import flow, get_run_logger
 
 from blocks.haut import HautCredentials
+from tasks.fan_out import FanOut, write_shard_summary
 from tasks.haut import ensure_haut_dataset
 from tasks.haut_batch import JournalState
 from tasks.journal import GroupCommit, Journal
@@ -73,6 +78,7 @@ from .options import (
 )
 from .outputs import Locations, report_builder, report_run
 from .run import SkinRun, read_inputs
+from .shards import analyse_in_shards, take_shard
 
 
 @flow(name="skin-analysis", log_prints=False)
@@ -85,6 +91,7 @@ async def skin_analysis(
     polling: PollingOptions = PollingOptions(),  # noqa: B008 (a pydantic model, read only)
     privacy: PrivacyOptions = PrivacyOptions(),  # noqa: B008 (a pydantic model, read only)
     outputs: OutputOptions = OutputOptions(),  # noqa: B008 (a pydantic model, read only)
+    fan_out: FanOut = FanOut(),  # noqa: B008 (a pydantic model, read only)
 ) -> SkinAnalysisSummary:
     """Analyse a batch of selfies with Haut.ai and report every skin metric; safe to re-run.
 
@@ -104,6 +111,8 @@ async def skin_analysis(
         polling: Results polling and timeout (0: the Haut block's settings).
         privacy: File and subject names in the reports (off by default), GDPR photo deletion.
         outputs: Report, metrics table and journal locations (empty: defaults, see each field).
+        fan_out: Shards on the work pool for big studies, by subject (shard size: subjects per shard; 0: all
+            in this run).
     """
     logger = get_run_logger()
     credentials = await HautCredentials.resolve(haut_block)
@@ -117,6 +126,8 @@ async def skin_analysis(
         asyncio.to_thread(journal.journal.read), read_inputs(source, s3)
     )
     units = group_units(inputs.images, analysis.api_version)
+    if fan_out.shard.is_shard:  # a shard: its subjects' images and analyses
+        units = take_shard(inputs, units, analysis.dataset_name, fan_out.shard)
     report = report_builder(analysis.dataset_name, analysis.api_version, privacy, where)
     state = JournalState(records)
     run = SkinRun(units, state, journal, analysis.api_version, upload, polling, privacy, report, s3)
@@ -127,9 +138,17 @@ async def skin_analysis(
             run.progress.update(0.0),
         )
         dataset_id = dataset.id
-        await run.analyse(credentials, dataset_id, inputs.subjects)
+    if fan_out.shard_size and len({u.subject for u in units}) > fan_out.shard_size:  # shards on the pool
+        summary = await analyse_in_shards(
+            run, credentials, dataset_id, inputs, problems, fan_out, root, where
+        )
+    else:
+        if units:
+            await run.analyse(credentials, dataset_id, inputs.subjects)
+        summary = await report_run(run, inputs, problems, dataset_id, where)
     await run.progress.update(100.0)
-    summary = await report_run(run, inputs, problems, dataset_id, where)
+    if fan_out.shard.is_shard:  # what the parent reads back
+        await asyncio.to_thread(write_shard_summary, where.report, summary, s3)
     counts = {"done": summary.done, "rejected": summary.rejected, "failed": summary.failed}
     return finish(
         summary, what="images", counts=counts, report=where.report, problems=summary.problems, logger=logger

@@ -127,7 +127,7 @@ async def report_run(
     # Written (in a thread) while the artifacts are published.
     written, published = await asyncio.gather(
         run.report.run(write_reports, run.report, wide, tidy, where.report, where.metrics_report, run.s3),
-        _publish(wide_rows, tidy, summary),
+        publish_run(wide_rows, tidy, summary),
         return_exceptions=True,
     )
     run.report.thread.shutdown(wait=False)
@@ -148,7 +148,9 @@ async def report_run(
     return summary
 
 
-async def _publish(wide_rows: list[dict[str, Any]], tidy: pd.DataFrame, summary: SkinAnalysisSummary) -> None:
+async def publish_run(
+    wide_rows: list[dict[str, Any]], tidy: pd.DataFrame, summary: SkinAnalysisSummary
+) -> None:
     """Artifacts: per-metric summary, outcomes by reason, failures (published at once)."""
     reasons = Counter((r["status"], r.get("reason") or "") for r in wide_rows)
     columns = ["item", "status", "reason", "subject_key", "side"]
