@@ -9,27 +9,9 @@ public task library's: ``tasks.haut`` (``ensure_haut_dataset``, ``analyse_haut_b
 - ``run``: the run's batches through the account's Haut session, and photo deletion as subjects finish.
 - ``tables``: the wide and tidy reports and their summary; ``outputs``: locations, the summary, the reports
   and artifacts of a run.
+- ``shards``: a big study fanned out over the work pool (subjects created once, shards by subject).
 """
 
 from .flow import skin_analysis
-from .options import (
-    AnalysisOptions,
-    OutputOptions,
-    PollingOptions,
-    PrivacyOptions,
-    SkinAnalysisSummary,
-    UploadOptions,
-)
-from .outputs import metrics_name, outcome_problems
 
-__all__ = [
-    "AnalysisOptions",
-    "OutputOptions",
-    "PollingOptions",
-    "PrivacyOptions",
-    "SkinAnalysisSummary",
-    "UploadOptions",
-    "metrics_name",
-    "outcome_problems",
-    "skin_analysis",
-]
+__all__ = ["skin_analysis"]

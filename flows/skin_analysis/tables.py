@@ -160,21 +160,9 @@ def wide_row(
     mine = next((i for i in outcome.images if i.item == image.item), None) or ImageOutcome(
         item=image.item, status=outcome.status, reason=outcome.error
     )
-    row.update(
-        status=mine.status,
-        reason=mine.reason,
-        resumed=outcome.resumed,
-        analysis=unit.unit,
-        subject_id=outcome.subject_id,
-        batch_id=outcome.batch_id,
-        image_id=mine.image_id,
-        width=mine.width,
-        height=mine.height,
-        sha256=mine.sha256,
-        uploaded_sha256=mine.uploaded_sha256,
-        transform=mine.transform,
-        warnings=outcome.warnings,
-    )
+    row.update(mine.model_dump(exclude={"item"}))  # status, reason, size, hashes, transform, image id
+    row.update(resumed=outcome.resumed, analysis=unit.unit, warnings=outcome.warnings)
+    row.update(subject_id=outcome.subject_id, batch_id=outcome.batch_id)
     if mine.status == "done":
         row.update(wide_columns(outcome.rows))
     return row

@@ -8,8 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from clients.errors import InputError
-from flows.skin_analysis import UploadOptions, outcome_problems
 from flows.skin_analysis.inputs import group_units, images_from_files, images_from_manifest, skin_inputs
+from flows.skin_analysis.options import UploadOptions
+from flows.skin_analysis.outputs import outcome_problems
 from flows.skin_analysis.tables import report_tables, subject_key
 from tasks.haut_batch import ImageOutcome, UnitOutcome
 from tasks.haut_images import read_error

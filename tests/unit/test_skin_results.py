@@ -28,7 +28,6 @@ from emulators.haut.results import (
     v1_results,
     v3_parameters,
 )
-from flows.skin_analysis import metrics_name
 from flows.skin_analysis.inputs import (
     ImageInput,
     group_units,
@@ -37,6 +36,7 @@ from flows.skin_analysis.inputs import (
     infer_subject_side,
     resolve_manifest_path,
 )
+from flows.skin_analysis.outputs import metrics_name
 from flows.skin_analysis.tables import metric_summary, subject_key, tidy_table, wide_columns, wide_table
 from tasks.haut_batch import JournalState, analysis_key, prep_signature
 from tasks.haut_images import prepare_image
