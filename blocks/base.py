@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 from prefect.blocks.abstract import CredentialsBlock
@@ -17,6 +18,8 @@ from clients.spread import spread_for
 from clients.transport import HttpSettings, RetryPolicy
 
 B = TypeVar("B", bound="ServiceCredentials")
+P = ParamSpec("P")
+T = TypeVar("T")
 # Connections per host a session may open (one per request in flight, opened on first need), times
 # ``parallel_connections``: as many as one private client's pool holds (``HttpSettings.max_connections_per_client``).
 SESSION_CONNECTIONS = 16
@@ -98,6 +101,21 @@ class ServiceCredentials(CredentialsBlock, ABC):
         if isinstance(block, str):
             return await load_block(cls, block)
         raise TypeError(f"expected a {cls.__name__} or the name of a saved one, got {type(block).__name__}")
+
+    @classmethod
+    async def session_call(
+        cls: type[B],
+        block: B | str,
+        method: Callable[Concatenate[Any, P], Awaitable[T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``await method(client, *args, **kwargs)`` with the session client of ``block`` (a block or the name
+        of a saved one), on the session's loop: what a thin task does, e.g.
+        ``await HautCredentials.session_call("my-haut", HautClient.get_image, image_id)``."""
+        creds = await cls.resolve(block)
+        return await creds.session().within(method, *args, **kwargs)
 
     def session(self) -> SessionClient:
         """The process-wide client of this account and configuration, shared by every task and flow.

@@ -33,7 +33,6 @@ class HautCredentials(ServiceCredentials):
     model_config = ConfigDict(hide_input_in_errors=True)
 
     _block_type_name = "Haut Credentials"
-    _block_type_slug = "haut-credentials"
     _documentation_url = "https://docs.saas.haut.ai/haut.ai/developers/saas-api-overview/"
 
     base_url: str = Field(default=DEFAULT_BASE_URL, description="API root URL.")

@@ -34,7 +34,6 @@ class MicrioCredentials(ServiceCredentials):
     """
 
     _block_type_name = "Micrio Credentials"
-    _block_type_slug = "micrio-credentials"
     _documentation_url = "https://doc.micr.io/server/api/v2"
 
     organisation_id: str = Field(description="Organisation uuid, as issued by Micrio with the API key.")

@@ -26,7 +26,6 @@ class MinivizCredentials(ServiceCredentials):
     """
 
     _block_type_name = "Miniviz Credentials"
-    _block_type_slug = "miniviz-credentials"
     _documentation_url = "https://miniviz.net/docs/api_endpoint/api_reference"
 
     project_id: str = Field(description="Project ID, copied from the project screen (token icon).")

@@ -32,7 +32,6 @@ class VizioSenseCredentials(ServiceCredentials):
     """
 
     _block_type_name = "VizioSense Credentials"
-    _block_type_slug = "viziosense-credentials"
     _documentation_url = "https://documentation.viziosense.com/integrator_platform/api_integration"
 
     base_url: str = Field(

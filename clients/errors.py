@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -79,3 +80,12 @@ class InputError(ValueError):
 
     def __reduce__(self):
         return (type(self), (self.field, self.problem, self.limit))
+
+
+def check_known(given: Iterable[str], known: Iterable[str], what: str) -> None:
+    """Refuse the first name of ``given`` that is not ``known`` (a misspelled keyword, say) before sending:
+    ``InputError("height", "is not a subject field", "name, birth_date, …")``."""
+    known = list(known)
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise InputError(unknown[0], f"is not a {what}", ", ".join(known))

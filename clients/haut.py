@@ -27,7 +27,7 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypedDict, TypeVar, Unpack
 from urllib.parse import urlsplit
 
 import httpx
@@ -36,7 +36,7 @@ from pydantic import BaseModel
 
 from . import auth
 from .auth import clear_shared_sessions
-from .errors import ApiError, InputError, NotFoundError
+from .errors import ApiError, InputError, NotFoundError, check_known
 from .haut_models import (
     SIDE_IDS,
     AlgorithmResult,
@@ -46,7 +46,9 @@ from .haut_models import (
     ImageRecord,
     LoginInfo,
     PrivateToken,
+    Side,
     Subject,
+    SubjectSpec,
     UploadTarget,
     V1Analysis,
     V3Analysis,
@@ -149,6 +151,25 @@ class PollSettings:
             delay = min(self.max_delay, max(delay, 1e-3) * max(1.0, self.factor))
 
 
+class DatasetOptions(TypedDict, total=False):
+    """What ``create_dataset`` may set besides the name (None = the service's default)."""
+
+    image_type_id: int | None
+    expire_images_after_days: int | None  # 1 to 365
+    expire_metadata_after_days: int | None  # 1 to 365
+    clean_images_as_soon_as_ready: bool | None
+    custom_branding: int | None
+
+
+class PollOverrides(TypedDict, total=False):
+    """``PollSettings`` values for one wait (None keeps the client's)."""
+
+    initial_delay: float | None
+    factor: float | None
+    max_delay: float | None
+    timeout: float | None
+
+
 # --- validation: documented constraints, checked before sending ----------------------------------------------
 @dataclass(frozen=True)
 class ImageInfo:
@@ -239,6 +260,11 @@ def check_webhook(
     check_text(authorization_key, "authorization_key", MAX_WEBHOOK_FIELD)
     check_text(authorization_value, "authorization_value", MAX_WEBHOOK_FIELD)
     check_choice(method, "method", WEBHOOK_METHODS)
+
+
+def _given(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields that are set: a body or query leaves out what is None."""
+    return {k: v for k, v in fields.items() if v is not None}
 
 
 def _iso(value: datetime | str, field: str) -> str:
@@ -352,27 +378,14 @@ class HautClient(HttpService):
         return self._private_token is None
 
     async def _login(self) -> auth.Tokens:
-        sent = self.clock.time()
-        response = await self._request(
-            "POST",
-            LOGIN_PATH,
-            "login",
-            json={"username": self._username, "password": self._password},
-            authenticated=False,
-            idempotent=True,  # a repeated login only issues another token
-        )
+        body = {"username": self._username, "password": self._password}
+        # idempotent: a repeated login only issues another token
+        response, sent = await self._token_request(LOGIN_PATH, "login", body, idempotent=True)
         return self._tokens(response.json(), "login", sent, None)
 
     async def _refresh(self, refresh_token: str) -> auth.Tokens:
-        sent = self.clock.time()
-        response = await self._request(
-            "POST",
-            REFRESH_PATH,
-            "refresh",
-            json={"refresh_token": refresh_token},
-            authenticated=False,
-            idempotent=True,
-        )
+        body = {"refresh_token": refresh_token}
+        response, sent = await self._token_request(REFRESH_PATH, "refresh", body, idempotent=True)
         return self._tokens(response.json(), "refresh", sent, refresh_token)
 
     def _tokens(self, body: Any, operation: str, sent: float, refresh_token: str | None) -> auth.Tokens:
@@ -527,9 +540,9 @@ class HautClient(HttpService):
             if ready(value):
                 return value
 
-    def poll_settings(self, **overrides: float | None) -> PollSettings:
+    def poll_settings(self, **overrides: Unpack[PollOverrides]) -> PollSettings:
         """The client's polling schedule with some values overridden (None keeps the default)."""
-        return replace(self.poll, **{k: v for k, v in overrides.items() if v is not None})
+        return replace(self.poll, **_given(overrides))
 
     # --- private tokens -----------------------------------------------------------------------------------
     async def create_private_token(self, name: str, expiration_time: datetime | str) -> PrivateToken:
@@ -581,31 +594,14 @@ class HautClient(HttpService):
         return [dict(i) async for page in self.iter_pages(LIGHTS_PATH, "list_lights") for i in page]
 
     # --- datasets and applications ------------------------------------------------------------------------
-    async def create_dataset(
-        self,
-        name: str,
-        *,
-        image_type_id: int | None = None,
-        expire_images_after_days: int | None = None,
-        expire_metadata_after_days: int | None = None,
-        clean_images_as_soon_as_ready: bool | None = None,
-        custom_branding: int | None = None,
-    ) -> Dataset:
+    async def create_dataset(self, name: str, **options: Unpack[DatasetOptions]) -> Dataset:
         """Create a dataset (one per app or study, not per analysis: DOC guidance)."""
-        body: dict[str, Any] = {
-            "name": check_text(name, "name"),
-            "image_type_id": image_type_id,
-            "expire_images_after_days": check_expire_days(
-                expire_images_after_days, "expire_images_after_days"
-            ),
-            "expire_metadata_after_days": check_expire_days(
-                expire_metadata_after_days, "expire_metadata_after_days"
-            ),
-            "custom_branding": custom_branding,
-        }
-        if clean_images_as_soon_as_ready is not None:
-            body["clean_images_as_soon_as_ready"] = bool(clean_images_as_soon_as_ready)
-        body = {k: v for k, v in body.items() if v is not None}
+        check_known(options, DatasetOptions.__annotations__, "dataset option")
+        body: dict[str, Any] = {"name": check_text(name, "name"), **_given(options)}
+        for field in ("expire_images_after_days", "expire_metadata_after_days"):
+            check_expire_days(body.get(field), field)
+        if "clean_images_as_soon_as_ready" in body:
+            body["clean_images_as_soon_as_ready"] = bool(body["clean_images_as_soon_as_ready"])
         return Dataset.model_validate(
             await self._call("POST", self._path(DATASETS_PATH), "create_dataset", json=body)
         )
@@ -699,20 +695,11 @@ class HautClient(HttpService):
         return Webhook.model_validate(answer)
 
     # --- subjects -----------------------------------------------------------------------------------------
-    async def create_subject(
-        self,
-        dataset_id: str,
-        name: str,
-        *,
-        birth_date: str | None = None,
-        biological_sex: str | None = None,
-        meta: Any = None,
-    ) -> Subject:
-        """Create a subject (names need not be unique: ``ensure_haut_subjects`` reuses them by name)."""
-        body: dict[str, Any] = {"name": check_text(name, "name")}
-        for key, value in (("birth_date", birth_date), ("biological_sex", biological_sex), ("meta", meta)):
-            if value is not None:
-                body[key] = value
+    async def create_subject(self, dataset_id: str, subject: SubjectSpec | str) -> Subject:
+        """Create a subject, given by name or as a ``SubjectSpec`` (names need not be unique:
+        ``ensure_haut_subjects`` reuses them by name)."""
+        spec = SubjectSpec(name=subject) if isinstance(subject, str) else subject
+        body = {**_given(spec.model_dump()), "name": check_text(spec.name, "name")}
         path = self._path(SUBJECTS_PATH, dataset_id=dataset_id)
         return Subject.model_validate(await self._call("POST", path, "create_subject", json=body))
 
@@ -729,9 +716,7 @@ class HautClient(HttpService):
 
     async def update_subject(self, dataset_id: str, subject_id: str, **changes: Any) -> Subject:
         """Partial update of ``name``, ``birth_date``, ``biological_sex``, ``meta`` (None clears a field)."""
-        unknown = sorted(set(changes) - {"name", "birth_date", "biological_sex", "meta"})
-        if unknown:
-            raise InputError(unknown[0], "is not a subject field", "name, birth_date, biological_sex, meta")
+        check_known(changes, SubjectSpec.model_fields, "subject field")
         if not changes:
             raise InputError("changes", "nothing to update")
         if "name" in changes:
@@ -790,14 +775,9 @@ class HautClient(HttpService):
             body["batch_id"] = check_id(batch_id, "batch_id")
         if name is not None:
             body["name"] = check_text(name, "name", MAX_FILE_NAME)
-        for key, value in (
-            ("light_id", light_id),
-            ("meta", meta),
-            ("creation_time", creation_time),
-            ("app_args", app_args),
-        ):
-            if value is not None:
-                body[key] = value
+        body |= _given(
+            {"light_id": light_id, "meta": meta, "creation_time": creation_time, "app_args": app_args}
+        )
         path = self._path(SIGNED_UPLOAD_URL_PATH, subject_id=subject_id)
         record = ImageRecord.model_validate(await self._call("POST", path, "request_upload_v1", json=body))
         if record.upload_url is None or not record.image_batch_id:
@@ -846,15 +826,13 @@ class HautClient(HttpService):
             batch_id=batch_id,
             image_id=image_id,
         )
-        params = {
-            k: v
-            for k, v in (
-                ("application_name", application_name),
-                ("application_id", application_id),
-                ("application_run_id", application_run_id),
-            )
-            if v is not None
-        }
+        params = _given(
+            {
+                "application_name": application_name,
+                "application_id": application_id,
+                "application_run_id": application_run_id,
+            }
+        )
         body = await self._call("GET", path, "get_results_v1", params=params or None)
         items = body.get("results", []) if isinstance(body, dict) else body or []
         return [AlgorithmResult.model_validate(r) for r in items]
@@ -899,19 +877,13 @@ class HautClient(HttpService):
         *,
         application_name: str | None = None,
         min_results: int = 1,
-        initial_delay: float | None = None,
-        factor: float | None = None,
-        max_delay: float | None = None,
-        timeout: float | None = None,
+        **poll: Unpack[PollOverrides],
     ) -> list[AlgorithmResult]:
         """Poll the image's results with backoff until at least ``min_results`` arrive.
 
         Raises ``ResultsTimeoutError`` after ``timeout`` seconds. Failed algorithms come back with
         ``is_ok == False`` (see ``AlgorithmResult.problem``).
         """
-        poll = self.poll_settings(
-            initial_delay=initial_delay, factor=factor, max_delay=max_delay, timeout=timeout
-        )
         return await self._poll(
             lambda: self.get_results_v1(
                 analysis.dataset_id,
@@ -923,25 +895,23 @@ class HautClient(HttpService):
             lambda results: len(results) >= max(1, min_results),
             "wait_for_results_v1",
             f"results of image {analysis.image_id}",
-            poll,
+            self.poll_settings(**poll),
         )
 
     # --- images: v3 (Face Skin Analysis 3.0, beta) --------------------------------------------------------
     async def request_upload_v3(
         self,
         subject_id: str,
+        sides: Mapping[Side, str],
         *,
-        front: str | None = None,
-        left: str | None = None,
-        right: str | None = None,
         meta: Any = None,
         creation_time: str | None = None,
     ) -> V3Upload:
-        """Upload targets for the named sides (file names, 1–255 characters) in one new batch."""
-        names = {"front": front, "left": left, "right": right}
-        body: dict[str, Any] = {s: check_text(n, s, MAX_FILE_NAME) for s, n in names.items() if n is not None}
+        """Upload targets for the given sides (side → file name, 1–255 characters) in one new batch."""
+        check_known(sides, SIDE_IDS, "side")
+        body: dict[str, Any] = {s: check_text(n, s, MAX_FILE_NAME) for s, n in sides.items()}
         if not body:
-            raise InputError("front/left/right", "no side given", "at least one side")
+            raise InputError("sides", "no side given", "at least one of front, left, right")
         body["meta"] = meta if meta is not None else {}
         if creation_time is not None:
             body["creation_time"] = creation_time
@@ -979,7 +949,7 @@ class HautClient(HttpService):
             side: (names or {}).get(side) or f"{side}.{'png' if info.format == 'PNG' else 'jpg'}"
             for side, info in infos.items()
         }
-        upload = await self.request_upload_v3(subject_id, **file_names, meta=meta)
+        upload = await self.request_upload_v3(subject_id, file_names, meta=meta)
         targets = upload.targets()
         missing = sorted(set(images) - set(targets))
         if missing:
@@ -992,25 +962,14 @@ class HautClient(HttpService):
             image_ids={s: targets[s].id or "" for s in images},
         )
 
-    async def wait_for_results_v3(
-        self,
-        batch_id: str,
-        *,
-        initial_delay: float | None = None,
-        factor: float | None = None,
-        max_delay: float | None = None,
-        timeout: float | None = None,
-    ) -> V3Results:
+    async def wait_for_results_v3(self, batch_id: str, **poll: Unpack[PollOverrides]) -> V3Results:
         """Poll the batch's results with backoff until ``all_algorithms_calculated``."""
-        poll = self.poll_settings(
-            initial_delay=initial_delay, factor=factor, max_delay=max_delay, timeout=timeout
-        )
         return await self._poll(
             lambda: self.get_results_v3(batch_id),
             lambda r: r.all_algorithms_calculated,
             "wait_for_results_v3",
             f"results of batch {batch_id}",
-            poll,
+            self.poll_settings(**poll),
         )
 
     # --- images: records, aux images, masks ---------------------------------------------------------------

@@ -38,7 +38,9 @@ class PrivateToken(HautModel):
     data: SecretStr | None = None
 
 
-class ConnectedApplication(HautModel):
+class TechNamed(HautModel):
+    """An application or algorithm version as another record lists it (a dataset, an application)."""
+
     id: int | None = None
     name: str | None = None
     tech_name: str
@@ -50,7 +52,7 @@ class Dataset(HautModel):
     company_id: str | None = None
     image_type_id: int | None = None
     image_type_tech_name: str | None = None
-    connected_applications: list[ConnectedApplication] = Field(default_factory=list)
+    connected_applications: list[TechNamed] = Field(default_factory=list)
     expire_images_after_days: int | None = None
     expire_metadata_after_days: int | None = None
     clean_images_as_soon_as_ready: bool | None = None
@@ -61,17 +63,11 @@ class Dataset(HautModel):
         return [a.tech_name for a in self.connected_applications]
 
 
-class AlgorithmVersion(HautModel):
-    id: int | None = None
-    name: str | None = None
-    tech_name: str
-
-
 class Application(HautModel):
     id: int
     name: str
     tech_name: str
-    algorithms_versions: list[AlgorithmVersion] = Field(default_factory=list)
+    algorithms_versions: list[TechNamed] = Field(default_factory=list)
     is_enabled: bool | None = None
     description: str | None = None
 

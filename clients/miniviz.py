@@ -237,21 +237,10 @@ class MinivizClient(HttpService):
 
         ``retry_on_429=False``: a 429 raises ``RateLimitedError`` at once, for callers that defer the event
         rather than wait (the pacing keeps this machine's callers from ever seeing one)."""
-        body = {
-            "timestamp": check_timestamp_ms(self._now_ms() if timestamp_ms is None else timestamp_ms),
-            "label_key": check_label_key(label_key),
-            "payload": check_payload(payload),
-        }
-        response = await self._request(
-            "POST",
-            DATA_PATH.format(project_id=self.project_id),
-            "send_data",
-            content=json_bytes(body),
-            headers=JSON_BODY,
-            pacer=self.data_pacer,
-            retry_on_429=retry_on_429,
+        fields = {"payload": check_payload(payload)}
+        return await self._send_event(
+            DATA_PATH, "send_data", label_key, timestamp_ms, fields, self.data_pacer, retry_on_429
         )
-        return EventAck.model_validate_json(response.content)
 
     def image_wait_time(self, label_key: str) -> float:
         """Seconds before an image for ``label_key`` may be sent (0 = now): lets callers defer instead of wait."""
@@ -271,19 +260,35 @@ class MinivizClient(HttpService):
         if self.plan != "pro":
             raise InputError("plan", "the image API is available on the Pro plan only", "Miniviz answers 403")
         check_image(image, image_name)
+        pacer = self.image_pacers(check_label_key(label_key))  # one pacer per label key
+        fields = {"image_name": image_name, "image_base64": base64.b64encode(image).decode("ascii")}
+        return await self._send_event(
+            IMAGE_PATH, "send_image", label_key, timestamp_ms, fields, pacer, retry_on_429
+        )
+
+    async def _send_event(
+        self,
+        path: str,
+        operation: str,
+        label_key: str,
+        timestamp_ms: int | None,
+        fields: dict[str, Any],
+        pacer: Pacer,
+        retry_on_429: bool,
+    ) -> EventAck:
+        """POST one event (its timestamp, label key and ``fields``) once ``pacer`` gives it its turn."""
         body = {
             "timestamp": check_timestamp_ms(self._now_ms() if timestamp_ms is None else timestamp_ms),
             "label_key": check_label_key(label_key),
-            "image_name": image_name,
-            "image_base64": base64.b64encode(image).decode("ascii"),
+            **fields,
         }
         response = await self._request(
             "POST",
-            IMAGE_PATH.format(project_id=self.project_id),
-            "send_image",
+            path.format(project_id=self.project_id),
+            operation,
             content=json_bytes(body),
             headers=JSON_BODY,
-            pacer=self.image_pacers(label_key),
+            pacer=pacer,
             retry_on_429=retry_on_429,
         )
         return EventAck.model_validate_json(response.content)

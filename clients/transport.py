@@ -179,6 +179,17 @@ class HttpService:
         return url
 
     # --- the request loop -------------------------------------------------------------------------
+    async def _token_request(
+        self, path: str, operation: str, body: Mapping[str, Any], *, idempotent: bool
+    ) -> tuple[httpx.Response, float]:
+        """POST a login or refresh body (no Authorization header); also returns when it was sent: a token's
+        lifetime counts from then."""
+        sent = self.clock.time()
+        response = await self._request(
+            "POST", path, operation, json=body, authenticated=False, idempotent=idempotent
+        )
+        return response, sent
+
     async def _request(
         self,
         method: str,

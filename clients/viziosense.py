@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 from urllib.parse import urlsplit
 
 import httpx
@@ -258,31 +258,47 @@ def _name_values(field: str, items: Any) -> list[dict[str, str]]:
     return out
 
 
-def webhook_body(
-    *,
-    url: str | None = None,
-    webhook_type: str | None = None,
-    status: int | None = None,
-    actions: str | None = None,
-    headers: Mapping[str, str] | list | None = None,
-    params: Mapping[str, str] | list | None = None,
-) -> dict[str, Any]:
+class WebhookOptions(TypedDict, total=False):
+    """What a webhook may carry besides its url and type (``None`` = not given)."""
+
+    status: int | None  # 1 active, 0 inactive
+    actions: str | None
+    headers: Mapping[str, str] | list | None  # a mapping, or [{name, value}]: sent with every delivery
+    params: Mapping[str, str] | list | None
+
+
+class WebhookFields(WebhookOptions, total=False):
+    """Every field of a webhook: what ``update_webhook`` may change."""
+
+    url: str | None
+    webhook_type: str | None
+
+
+def check_webhook_actions(actions: Any) -> str:
+    if not isinstance(actions, str):
+        raise InputError("actions", f"must be a string, got {type(actions).__name__}")
+    return actions
+
+
+_WEBHOOK_CHECKS = {
+    "url": check_webhook_url,
+    "webhook_type": check_webhook_type,
+    "status": check_webhook_status,
+    "actions": check_webhook_actions,
+}
+
+
+def webhook_body(**fields: Unpack[WebhookFields]) -> dict[str, Any]:
     """The JSON body of add/update webhook from the given (non-None) fields, validated."""
-    body: dict[str, Any] = {}
-    if url is not None:
-        body["url"] = check_webhook_url(url)
-    if webhook_type is not None:
-        body["webhook_type"] = check_webhook_type(webhook_type)
-    if status is not None:
-        body["status"] = check_webhook_status(status)
-    if actions is not None:
-        if not isinstance(actions, str):
-            raise InputError("actions", f"must be a string, got {type(actions).__name__}")
-        body["actions"] = actions
-    if headers is not None or params is not None:
+    unknown = sorted(fields.keys() - WebhookFields.__optional_keys__)
+    if unknown:
+        raise InputError(unknown[0], "is not a webhook field", ", ".join(WebhookFields.__annotations__))
+    given: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    body: dict[str, Any] = {n: check(given[n]) for n, check in _WEBHOOK_CHECKS.items() if n in given}
+    if "headers" in given or "params" in given:
         body["data"] = {
-            "headers": _name_values("headers", headers or []),
-            "params": _name_values("params", params or []),
+            "headers": _name_values("headers", given.get("headers", [])),
+            "params": _name_values("params", given.get("params", [])),
         }
     return body
 
@@ -402,22 +418,14 @@ class VizioSenseClient(HttpService):
         return True
 
     async def _login(self) -> auth.Tokens:
-        sent = self.clock.time()
-        response = await self._request(
-            "POST",
-            LOGIN_PATH,
-            "login",
-            json={"email": self._email, "password": self._password},
-            authenticated=False,
-            idempotent=True,  # a second login is harmless
-        )
+        body = {"email": self._email, "password": self._password}
+        # idempotent: a second login is harmless
+        response, sent = await self._token_request(LOGIN_PATH, "login", body, idempotent=True)
         return self._tokens(response, "login", sent)
 
     async def _refresh(self, refresh_token: str) -> auth.Tokens:
-        sent = self.clock.time()
-        response = await self._request(
-            "POST", REFRESH_PATH, "refresh_token", json={"refresh_token": refresh_token}, authenticated=False
-        )
+        body = {"refresh_token": refresh_token}
+        response, sent = await self._token_request(REFRESH_PATH, "refresh_token", body, idempotent=False)
         return self._tokens(response, "refresh_token", sent)
 
     def _tokens(self, response: httpx.Response, operation: str, sent: float) -> auth.Tokens:
@@ -653,21 +661,11 @@ class VizioSenseClient(HttpService):
         return [Webhook.model_validate(w) for w in response.json().get("data", [])]
 
     async def add_webhook(
-        self,
-        device_uuid: str,
-        url: str,
-        webhook_type: str,
-        *,
-        status: int = 1,
-        actions: str | None = None,
-        headers: Mapping[str, str] | list | None = None,
-        params: Mapping[str, str] | list | None = None,
+        self, device_uuid: str, url: str, webhook_type: str, **options: Unpack[WebhookOptions]
     ) -> Webhook:
-        """Add a webhook: ``webhook_type`` payload or keepalive, ``status`` 1 (active) or 0; ``headers`` and
-        ``params`` (mapping or ``[{name, value}]``) are sent with every delivery."""
-        body = webhook_body(
-            url=url, webhook_type=webhook_type, status=status, actions=actions, headers=headers, params=params
-        )
+        """Add a webhook: ``webhook_type`` payload or keepalive, ``status`` 1 (active, the default) or 0;
+        ``headers`` and ``params`` (mapping or ``[{name, value}]``) are sent with every delivery."""
+        body = webhook_body(url=url, webhook_type=webhook_type, **{"status": 1, **options})
         if "url" not in body or "webhook_type" not in body:
             raise InputError("webhook", "url and webhook_type are required")
         path, query = self._webhooks_route(device_uuid)
@@ -675,21 +673,10 @@ class VizioSenseClient(HttpService):
         return Webhook.model_validate(response.json())
 
     async def update_webhook(
-        self,
-        device_uuid: str,
-        webhook_id: int,
-        *,
-        url: str | None = None,
-        webhook_type: str | None = None,
-        status: int | None = None,
-        actions: str | None = None,
-        headers: Mapping[str, str] | list | None = None,
-        params: Mapping[str, str] | list | None = None,
+        self, device_uuid: str, webhook_id: int, **changes: Unpack[WebhookFields]
     ) -> Webhook:
         """Change the given fields of a webhook (``None`` = unchanged; e.g. ``status=0`` deactivates it)."""
-        body = webhook_body(
-            url=url, webhook_type=webhook_type, status=status, actions=actions, headers=headers, params=params
-        )
+        body = webhook_body(**changes)
         if not body:
             raise InputError("webhook", "give at least one field to change")
         path, query = self._webhooks_route(device_uuid, webhook_id)

@@ -4,6 +4,14 @@
 Every task accepts a ``HautCredentials`` block or the name of a saved one (``ensure_haut_dataset`` also an
 open ``HautClient``, left open). A block or block name reaches the process's session for that account
 (``blocks.base.ServiceCredentials.session``): one client, one login, one connection pool for every task run.
+
+Example (one image through v1, each step a task; the tasks below show their specific arguments):
+    ```python
+    dataset = await ensure_haut_dataset("my-haut", "selfie study")
+    subject = await create_haut_subject("my-haut", dataset.id, SubjectSpec(name="participant-7"))
+    analysis = await analyse_haut_image_v1("my-haut", subject.id, dataset.id, jpeg_bytes)
+    results = await wait_for_haut_results_v1("my-haut", analysis)
+    ```
 """
 
 from __future__ import annotations
@@ -65,6 +73,9 @@ async def _client(credentials: Credentials | HautClient) -> AsyncIterator[HautCl
         yield client
 
 
+_call = HautCredentials.session_call  # a client method, run with the account's session client
+
+
 # --- auth -----------------------------------------------------------------------------------------------------
 @task(name="haut-create-private-token")
 async def create_haut_private_token(
@@ -77,87 +88,50 @@ async def create_haut_private_token(
         token = await create_haut_private_token("my-haut", "etl backend", "2026-12-31T00:00:00Z")
         ```
     """
-    async with _client(credentials) as client:
-        return await client.create_private_token(name, expiration_time)
+    return await _call(credentials, HautClient.create_private_token, name, expiration_time)
 
 
 @task(name="haut-list-private-tokens")
 async def list_haut_private_tokens(credentials: Credentials) -> list[PrivateToken]:
-    """The current user's private tokens (names and expiry, no values).
-
-    Example:
-        ```python
-        tokens = await list_haut_private_tokens("my-haut")
-        ```
-    """
-    async with _client(credentials) as client:
-        return await client.list_private_tokens()
+    """The current user's private tokens (names and expiry, no values)."""
+    return await _call(credentials, HautClient.list_private_tokens)
 
 
 @task(name="haut-revoke-private-token")
 async def revoke_haut_private_token(credentials: Credentials, token_id: int) -> None:
-    """Revoke a private token.
-
-    Example:
-        ```python
-        await revoke_haut_private_token("my-haut", token.id)
-        ```
-    """
-    async with _client(credentials) as client:
-        await client.revoke_private_token(token_id)
+    """Revoke a private token (``token.id``); calls with it then get 401."""
+    await _call(credentials, HautClient.revoke_private_token, token_id)
 
 
 # --- datasets and applications --------------------------------------------------------------------------------
 @task(name="haut-create-dataset")
 async def create_haut_dataset(credentials: Credentials, name: str, **options: Any) -> Dataset:
-    """Create a dataset; ``options`` are ``image_type_id``, ``expire_images_after_days`` (≤ 365), … .
+    """Create a dataset; ``options``: ``clients.haut.DatasetOptions`` (``expire_images_after_days`` ≤ 365, …).
 
     Example:
         ```python
         dataset = await create_haut_dataset("my-haut", "spring study", expire_images_after_days=30)
         ```
     """
-    async with _client(credentials) as client:
-        return await client.create_dataset(name, **options)
+    return await _call(credentials, HautClient.create_dataset, name, **options)
 
 
 @task(name="haut-list-datasets")
 async def list_haut_datasets(credentials: Credentials, q: str | None = None) -> list[Dataset]:
-    """Every dataset of the company (all pages), optionally searched by name.
-
-    Example:
-        ```python
-        datasets = await list_haut_datasets("my-haut", q="study")
-        ```
-    """
-    async with _client(credentials) as client:
-        return await client.list_datasets(q=q)
+    """Every dataset of the company (all pages), optionally searched by name."""
+    return await _call(credentials, HautClient.list_datasets, q=q)
 
 
 @task(name="haut-get-dataset")
 async def get_haut_dataset(credentials: Credentials, dataset_id: str) -> Dataset:
-    """One dataset with its connected applications.
-
-    Example:
-        ```python
-        dataset = await get_haut_dataset("my-haut", dataset_id)
-        ```
-    """
-    async with _client(credentials) as client:
-        return await client.get_dataset(dataset_id)
+    """One dataset with its connected applications."""
+    return await _call(credentials, HautClient.get_dataset, dataset_id)
 
 
 @task(name="haut-list-applications")
 async def list_haut_applications(credentials: Credentials) -> list[Application]:
-    """Applications that can be attached to datasets.
-
-    Example:
-        ```python
-        apps = await list_haut_applications("my-haut")
-        ```
-    """
-    async with _client(credentials) as client:
-        return await client.list_applications()
+    """Applications that can be attached to datasets."""
+    return await _call(credentials, HautClient.list_applications)
 
 
 @task(name="haut-attach-application")
@@ -175,13 +149,14 @@ async def attach_haut_application(
         dataset = await attach_haut_application("my-haut", "face_skin_metrics_2.0", dataset_id)
         ```
     """
-    async with _client(credentials) as client:
-        return await client.attach_application(
-            tech_name,
-            dataset_id,
-            enabled_algorithms=enabled_algorithms,
-            attach_dependencies=attach_dependencies,
-        )
+    return await _call(
+        credentials,
+        HautClient.attach_application,
+        tech_name,
+        dataset_id,
+        enabled_algorithms=enabled_algorithms,
+        attach_dependencies=attach_dependencies,
+    )
 
 
 @task(name="haut-set-webhook")
@@ -195,8 +170,7 @@ async def set_haut_webhook(credentials: Credentials, dataset_id: str, url: str, 
                                       authorization_value="s3cret")
         ```
     """
-    async with _client(credentials) as client:
-        return await client.set_webhook(dataset_id, url, **options)
+    return await _call(credentials, HautClient.set_webhook, dataset_id, url, **options)
 
 
 # --- subjects -------------------------------------------------------------------------------------------------
@@ -209,36 +183,21 @@ async def create_haut_subject(credentials: Credentials, dataset_id: str, subject
         subject = await create_haut_subject("my-haut", dataset_id, SubjectSpec(name="participant-7"))
         ```
     """
-    async with _client(credentials) as client:
-        return await client.create_subject(dataset_id, **subject.model_dump())
+    return await _call(credentials, HautClient.create_subject, dataset_id, subject)
 
 
 @task(name="haut-list-subjects")
 async def list_haut_subjects(
     credentials: Credentials, dataset_id: str, q: str | None = None
 ) -> list[Subject]:
-    """Every subject of a dataset (all pages).
-
-    Example:
-        ```python
-        subjects = await list_haut_subjects("my-haut", dataset_id)
-        ```
-    """
-    async with _client(credentials) as client:
-        return await client.list_subjects(dataset_id, q=q)
+    """Every subject of a dataset (all pages)."""
+    return await _call(credentials, HautClient.list_subjects, dataset_id, q=q)
 
 
 @task(name="haut-get-subject")
 async def get_haut_subject(credentials: Credentials, dataset_id: str, subject_id: str) -> Subject:
-    """One subject.
-
-    Example:
-        ```python
-        subject = await get_haut_subject("my-haut", dataset_id, subject_id)
-        ```
-    """
-    async with _client(credentials) as client:
-        return await client.get_subject(dataset_id, subject_id)
+    """One subject."""
+    return await _call(credentials, HautClient.get_subject, dataset_id, subject_id)
 
 
 @task(name="haut-update-subject")
@@ -252,60 +211,31 @@ async def update_haut_subject(
         subject = await update_haut_subject("my-haut", dataset_id, subject_id, {"meta": {"cohort": "B"}})
         ```
     """
-    async with _client(credentials) as client:
-        return await client.update_subject(dataset_id, subject_id, **changes)
+    return await _call(credentials, HautClient.update_subject, dataset_id, subject_id, **changes)
 
 
 @task(name="haut-delete-subject")
 async def delete_haut_subject(credentials: Credentials, dataset_id: str, subject_id: str) -> None:
-    """Delete a subject and its images.
-
-    Example:
-        ```python
-        await delete_haut_subject("my-haut", dataset_id, subject_id)
-        ```
-    """
-    async with _client(credentials) as client:
-        await client.delete_subject(dataset_id, subject_id)
+    """Delete a subject and its images."""
+    await _call(credentials, HautClient.delete_subject, dataset_id, subject_id)
 
 
 @task(name="haut-delete-subjects")
 async def delete_haut_subjects(credentials: Credentials, dataset_id: str, subject_ids: list[str]) -> None:
-    """Delete many subjects in one call (all or nothing).
-
-    Example:
-        ```python
-        await delete_haut_subjects("my-haut", dataset_id, [s1, s2])
-        ```
-    """
-    async with _client(credentials) as client:
-        await client.delete_subjects(dataset_id, subject_ids)
+    """Delete many subjects in one call (all or nothing)."""
+    await _call(credentials, HautClient.delete_subjects, dataset_id, subject_ids)
 
 
 @task(name="haut-delete-subject-photos")
 async def delete_haut_subject_photos(credentials: Credentials, subject_id: str) -> None:
-    """GDPR: delete the subject's image files (records and results stay).
-
-    Example:
-        ```python
-        await delete_haut_subject_photos("my-haut", subject_id)
-        ```
-    """
-    async with _client(credentials) as client:
-        await client.delete_subject_photos(subject_id)
+    """GDPR: delete the subject's image files (records and results stay)."""
+    await _call(credentials, HautClient.delete_subject_photos, subject_id)
 
 
 @task(name="haut-clear-subject-metadata")
 async def clear_haut_subject_metadata(credentials: Credentials, subject_id: str) -> Subject:
-    """GDPR: blank the subject's name, birth date, biological sex and meta.
-
-    Example:
-        ```python
-        subject = await clear_haut_subject_metadata("my-haut", subject_id)
-        ```
-    """
-    async with _client(credentials) as client:
-        return await client.clear_subject_metadata(subject_id)
+    """GDPR: blank the subject's name, birth date, biological sex and meta."""
+    return await _call(credentials, HautClient.clear_subject_metadata, subject_id)
 
 
 # --- images: v1 -----------------------------------------------------------------------------------------------
@@ -313,15 +243,10 @@ async def clear_haut_subject_metadata(credentials: Credentials, subject_id: str)
 async def request_haut_upload_v1(
     credentials: Credentials, subject_id: str, side_id: int = 1, batch_id: str | None = None
 ) -> ImageRecord:
-    """A new image record with its signed ``upload_url`` and ``image_batch_id``.
-
-    Example:
-        ```python
-        record = await request_haut_upload_v1("my-haut", subject_id)
-        ```
-    """
-    async with _client(credentials) as client:
-        return await client.request_upload_v1(subject_id, side_id=side_id, batch_id=batch_id)
+    """A new image record with its signed ``upload_url`` and ``image_batch_id``."""
+    return await _call(
+        credentials, HautClient.request_upload_v1, subject_id, side_id=side_id, batch_id=batch_id
+    )
 
 
 @task(name="haut-upload-image", cache_policy=NO_CACHE)
@@ -333,21 +258,13 @@ async def upload_haut_image(credentials: Credentials, target: UploadTarget, imag
         await upload_haut_image("my-haut", record.upload_url, jpeg_bytes)
         ```
     """
-    async with _client(credentials) as client:
-        await client.upload(target, image)
+    await _call(credentials, HautClient.upload, target, image)
 
 
 @task(name="haut-compute-v1")
 async def compute_haut_batch_v1(credentials: Credentials, batch_id: str) -> None:
-    """Start processing an uploaded v1 batch.
-
-    Example:
-        ```python
-        await compute_haut_batch_v1("my-haut", record.image_batch_id)
-        ```
-    """
-    async with _client(credentials) as client:
-        await client.compute_v1(batch_id)
+    """Start processing an uploaded v1 batch (``record.image_batch_id``)."""
+    await _call(credentials, HautClient.compute_v1, batch_id)
 
 
 @task(name="haut-analyse-image-v1", cache_policy=NO_CACHE)
@@ -361,36 +278,26 @@ async def analyse_haut_image_v1(
         analysis = await analyse_haut_image_v1("my-haut", subject_id, dataset_id, jpeg_bytes)
         ```
     """
-    async with _client(credentials) as client:
-        return await client.analyse_image_v1(subject_id, dataset_id, image, side_id)
+    return await _call(credentials, HautClient.analyse_image_v1, subject_id, dataset_id, image, side_id)
 
 
 @task(name="haut-get-results-v1")
 async def get_haut_results_v1(credentials: Credentials, analysis: V1Analysis) -> list[AlgorithmResult]:
-    """An image's algorithm results now (empty while processing).
-
-    Example:
-        ```python
-        results = await get_haut_results_v1("my-haut", analysis)
-        ```
-    """
-    async with _client(credentials) as client:
-        return await client.get_results_v1(
-            analysis.dataset_id, analysis.subject_id, analysis.batch_id, analysis.image_id
-        )
+    """An image's algorithm results now (empty while processing); ``analysis``: ``analyse_haut_image_v1``'s."""
+    return await _call(
+        credentials,
+        HautClient.get_results_v1,
+        analysis.dataset_id,
+        analysis.subject_id,
+        analysis.batch_id,
+        analysis.image_id,
+    )
 
 
 @task(name="haut-wait-for-results-v1")
 async def wait_for_haut_results_v1(credentials: Credentials, analysis: V1Analysis) -> list[AlgorithmResult]:
-    """Poll an image's results with backoff until they arrive (timeout from the block).
-
-    Example:
-        ```python
-        results = await wait_for_haut_results_v1("my-haut", analysis)
-        ```
-    """
-    async with _client(credentials) as client:
-        return await client.wait_for_results_v1(analysis)
+    """Poll an image's results with backoff until they arrive (timeout from the block)."""
+    return await _call(credentials, HautClient.wait_for_results_v1, analysis)
 
 
 # --- images: v3 -----------------------------------------------------------------------------------------------
@@ -405,21 +312,13 @@ async def request_haut_upload_v3(
         upload = await request_haut_upload_v3("my-haut", subject_id, {"front": "front.jpg"})
         ```
     """
-    async with _client(credentials) as client:
-        return await client.request_upload_v3(subject_id, **sides)
+    return await _call(credentials, HautClient.request_upload_v3, subject_id, sides)
 
 
 @task(name="haut-compute-v3")
 async def compute_haut_batch_v3(credentials: Credentials, batch_id: str) -> None:
-    """Start processing an uploaded v3 batch.
-
-    Example:
-        ```python
-        await compute_haut_batch_v3("my-haut", upload.image_batch_id)
-        ```
-    """
-    async with _client(credentials) as client:
-        await client.compute_v3(batch_id)
+    """Start processing an uploaded v3 batch (``upload.image_batch_id``)."""
+    await _call(credentials, HautClient.compute_v3, batch_id)
 
 
 @task(name="haut-analyse-images-v3", cache_policy=NO_CACHE)
@@ -433,74 +332,38 @@ async def analyse_haut_images_v3(
         analysis = await analyse_haut_images_v3("my-haut", subject_id, {"front": jpeg_bytes})
         ```
     """
-    async with _client(credentials) as client:
-        return await client.analyse_images_v3(subject_id, images)
+    return await _call(credentials, HautClient.analyse_images_v3, subject_id, images)
 
 
 @task(name="haut-get-results-v3")
 async def get_haut_results_v3(credentials: Credentials, batch_id: str) -> V3Results:
-    """A v3 batch's results now (``all_algorithms_calculated`` false while processing).
-
-    Example:
-        ```python
-        results = await get_haut_results_v3("my-haut", analysis.batch_id)
-        ```
-    """
-    async with _client(credentials) as client:
-        return await client.get_results_v3(batch_id)
+    """A v3 batch's results now (``all_algorithms_calculated`` false while processing)."""
+    return await _call(credentials, HautClient.get_results_v3, batch_id)
 
 
 @task(name="haut-wait-for-results-v3")
 async def wait_for_haut_results_v3(credentials: Credentials, batch_id: str) -> V3Results:
-    """Poll a v3 batch's results with backoff until all algorithms are calculated.
-
-    Example:
-        ```python
-        results = await wait_for_haut_results_v3("my-haut", analysis.batch_id)
-        ```
-    """
-    async with _client(credentials) as client:
-        return await client.wait_for_results_v3(batch_id)
+    """Poll a v3 batch's results with backoff until all algorithms are calculated."""
+    return await _call(credentials, HautClient.wait_for_results_v3, batch_id)
 
 
 # --- image records --------------------------------------------------------------------------------------------
 @task(name="haut-list-subject-images")
 async def list_haut_subject_images(credentials: Credentials, subject_id: str) -> list[ImageRecord]:
-    """Every image record of a subject, with aux images.
-
-    Example:
-        ```python
-        images = await list_haut_subject_images("my-haut", subject_id)
-        ```
-    """
-    async with _client(credentials) as client:
-        return await client.list_subject_images(subject_id)
+    """Every image record of a subject, with aux images."""
+    return await _call(credentials, HautClient.list_subject_images, subject_id)
 
 
 @task(name="haut-get-image")
 async def get_haut_image(credentials: Credentials, image_id: str) -> ImageRecord:
-    """One image record, with aux images.
-
-    Example:
-        ```python
-        image = await get_haut_image("my-haut", image_id)
-        ```
-    """
-    async with _client(credentials) as client:
-        return await client.get_image(image_id)
+    """One image record, with aux images."""
+    return await _call(credentials, HautClient.get_image, image_id)
 
 
 @task(name="haut-delete-image")
 async def delete_haut_image(credentials: Credentials, image_id: str) -> None:
-    """Delete an image.
-
-    Example:
-        ```python
-        await delete_haut_image("my-haut", image_id)
-        ```
-    """
-    async with _client(credentials) as client:
-        await client.delete_image(image_id)
+    """Delete an image."""
+    await _call(credentials, HautClient.delete_image, image_id)
 
 
 @task(name="haut-list-aux-images")
@@ -514,8 +377,9 @@ async def list_haut_aux_images(
         aux = await list_haut_aux_images("my-haut", image_id, aux_image_type="restored")
         ```
     """
-    async with _client(credentials) as client:
-        return await client.list_aux_images(image_id, algo_app=algo_app, aux_image_type=aux_image_type)
+    return await _call(
+        credentials, HautClient.list_aux_images, image_id, algo_app=algo_app, aux_image_type=aux_image_type
+    )
 
 
 # --- batch tasks -------------------------------------------------------------------
@@ -637,7 +501,6 @@ async def analyse_haut_batch(
         ])
         ```
     """
-    creds = await HautCredentials.resolve(credentials)
     journal = journal or GroupCommit(None)  # None: nothing kept, nothing resumed
     state = state or JournalState()
 
@@ -696,4 +559,4 @@ async def analyse_haut_batch(
             # One write for the batch's results (a crash before it only means polling those again on a re-run).
             await journal.append(*records)
 
-    return await creds.session().within(on_session)
+    return await _call(credentials, on_session)

@@ -209,7 +209,7 @@ class SubjectResolver:
         spec = self.specs.get(name) or SubjectSpec(name=name)
         try:
             try:
-                self._subjects[name] = await self.client.create_subject(self.dataset_id, **spec.model_dump())
+                self._subjects[name] = await self.client.create_subject(self.dataset_id, spec)
             except OutcomeUnknownError:
                 # The create may have gone through: look (once more) before calling it failed.
                 lists_before = self._lists_started
@@ -460,7 +460,7 @@ async def submit_batch(
                 w.batch_id, w.image_ids = record.image_batch_id, {side: record.id}
                 w.targets = {side: record.upload_url}
             else:
-                upload = await client.request_upload_v3(w.unit.subject_id, **names)  # type: ignore[arg-type]
+                upload = await client.request_upload_v3(w.unit.subject_id, names)  # type: ignore[arg-type]
                 w.targets = upload.targets()
                 missing = sorted(set(names) - set(w.targets))
                 if missing:

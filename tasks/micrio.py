@@ -34,6 +34,7 @@ from clients.micrio import (
 from tasks.image_io import sniff_image_format
 
 Credentials = MicrioCredentials | str
+_call = MicrioCredentials.session_call  # a client method, run with the account's session client
 Source = ImageSource | Mapping[str, Any] | str
 
 # The originals Micrio accepts (docs/service-api-facts.md, Micrio): JPEG, PNG, WebP and TIFF; Enterprise also BMP and
@@ -71,9 +72,7 @@ async def add_micrio_images(
         added = await add_micrio_images("my-micrio", "abcdef", [{"sourceUrl": url, "name": "IMG-001"}])
         ```
     """
-    creds = await MicrioCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.add_images(folder_id, images, user_email)
+    return await _call(credentials, MicrioClient.add_images, folder_id, images, user_email)
 
 
 @task(name="micrio-get-image-status")
@@ -92,23 +91,13 @@ async def get_micrio_image_status(credentials: Credentials, image_ids: list[str]
         raise InputError(
             "image_ids", f"has {len(ids)} ids", f"at most {MAX_STATUS_IDS}; use await_micrio_progress"
         )
-    creds = await MicrioCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.image_status(ids)
+    return await _call(credentials, MicrioClient.image_status, ids)
 
 
 @task(name="micrio-get-folder-status")
 async def get_micrio_folder_status(credentials: Credentials, folder_id: str) -> FolderStatus:
-    """Progress of a whole folder: total, completed, ids still processing and ids in error.
-
-    Example:
-        ```python
-        progress = await get_micrio_folder_status("my-micrio", "abcdef")
-        ```
-    """
-    creds = await MicrioCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.folder_status(folder_id)
+    """Progress of a whole folder: total, completed, ids still processing and ids in error."""
+    return await _call(credentials, MicrioClient.folder_status, folder_id)
 
 
 @task(name="micrio-create-folder")
@@ -122,9 +111,7 @@ async def create_micrio_folder(
         folder = await create_micrio_folder("my-micrio", "abcdef", "Migration 2025", type="folder")
         ```
     """
-    creds = await MicrioCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.create_folder(parent_id, name, type)
+    return await _call(credentials, MicrioClient.create_folder, parent_id, name, type)
 
 
 class AddOutcome(BaseModel):
@@ -215,11 +202,10 @@ async def await_micrio_progress(
         for image_id, status in report.statuses.items(): ...
         ```
     """
-    creds = await MicrioCredentials.resolve(credentials)
-    async with creds.session() as client:  # the whole wait runs on the session's loop, no hop per call
-        return await client.within(
-            _await_progress, folder_id, image_ids, min_finished, max_wait, poll_initial, poll_max
-        )
+    # The whole wait runs on the session's loop: no hop between threads per call.
+    return await _call(
+        credentials, _await_progress, folder_id, image_ids, min_finished, max_wait, poll_initial, poll_max
+    )
 
 
 async def _await_progress(

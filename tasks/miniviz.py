@@ -16,10 +16,11 @@ from pydantic import BaseModel
 
 from blocks.miniviz import MinivizCredentials
 from clients.errors import ApiError, AuthError, InputError, NotFoundError
-from clients.miniviz import EventAck, PayloadValue, StoredImage
+from clients.miniviz import EventAck, MinivizClient, PayloadValue, StoredImage
 from tasks.journal import GroupCommit, Journal
 
 T = TypeVar("T")
+_call = MinivizCredentials.session_call  # a client method, run with the account's session client
 
 
 @task(name="miniviz-send-data")
@@ -36,9 +37,7 @@ async def send_miniviz_data(
         ack = await send_miniviz_data("my-miniviz", "greenhouse_1", {"temperature": 21.5})
         ```
     """
-    creds = await MinivizCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.send_data(label_key, payload, timestamp_ms)
+    return await _call(credentials, MinivizClient.send_data, label_key, payload, timestamp_ms)
 
 
 @task(name="miniviz-send-image")
@@ -56,9 +55,7 @@ async def send_miniviz_image(
         ack = await send_miniviz_image("my-miniviz", "camera_1", jpeg_bytes, "snapshot.jpg")
         ```
     """
-    creds = await MinivizCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.send_image(label_key, image, image_name, timestamp_ms)
+    return await _call(credentials, MinivizClient.send_image, label_key, image, image_name, timestamp_ms)
 
 
 @task(name="miniviz-get-image")
@@ -70,9 +67,7 @@ async def get_miniviz_image(credentials: MinivizCredentials | str, event_id: str
         stored = await get_miniviz_image("my-miniviz", ack.id)
         ```
     """
-    creds = await MinivizCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.get_image(event_id)
+    return await _call(credentials, MinivizClient.get_image, event_id)
 
 
 class DataEvent(Protocol):
@@ -205,7 +200,9 @@ class MinivizDataSender:
             return
         async with self._slots:
             if self.stopped:  # the other events of every batch end at once, each with its outcome
-                outcomes[index] = EventOutcome(index=index, status="failed", error=f"not sent: {self.stopped}")
+                outcomes[index] = EventOutcome(
+                    index=index, status="failed", error=f"not sent: {self.stopped}"
+                )
                 return
             try:
                 ack = await client.send_data(label_key, payload, timestamp)

@@ -34,6 +34,8 @@ from clients.viziosense import (
     check_image_wait,
 )
 
+_call = VizioSenseCredentials.session_call  # a client method, run with the account's session client
+
 
 @task(name="viziosense-list-devices")
 async def list_viziosense_devices(
@@ -50,23 +52,20 @@ async def list_viziosense_devices(
         cameras = await list_viziosense_devices("my-viziosense", group="parking", is_online="Online")
         ```
     """
-    creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.list_all_devices(per_page=per_page, sort=sort, group=group, is_online=is_online)
+    return await _call(
+        credentials,
+        VizioSenseClient.list_all_devices,
+        per_page=per_page,
+        sort=sort,
+        group=group,
+        is_online=is_online,
+    )
 
 
 @task(name="viziosense-get-device")
 async def get_viziosense_device(credentials: VizioSenseCredentials | str, device_uuid: str) -> Device:
-    """One device by uuid.
-
-    Example:
-        ```python
-        device = await get_viziosense_device("my-viziosense", "3f1c...-uuid")
-        ```
-    """
-    creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.get_device(device_uuid)
+    """One device by uuid."""
+    return await _call(credentials, VizioSenseClient.get_device, device_uuid)
 
 
 @task(name="viziosense-update-device")
@@ -80,23 +79,13 @@ async def update_viziosense_device(
         device = await update_viziosense_device("my-viziosense", uuid, {"name": "Gate 2", "geo_city": "Lyon"})
         ```
     """
-    creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.update_device(device_uuid, fields)
+    return await _call(credentials, VizioSenseClient.update_device, device_uuid, fields)
 
 
 @task(name="viziosense-refresh-device")
 async def refresh_viziosense_device(credentials: VizioSenseCredentials | str, device_uuid: str) -> Device:
-    """Have VizioSense re-check a device's status; returns the device with its new ``refreshed`` time.
-
-    Example:
-        ```python
-        device = await refresh_viziosense_device("my-viziosense", uuid)
-        ```
-    """
-    creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.refresh_device(device_uuid)
+    """Have VizioSense re-check a device's status; returns the device with its new ``refreshed`` time."""
+    return await _call(credentials, VizioSenseClient.refresh_device, device_uuid)
 
 
 @task(name="viziosense-request-image")
@@ -111,9 +100,7 @@ async def request_viziosense_image(
         snapshot = await fetch_viziosense_image("my-viziosense", request, "annotated")
         ```
     """
-    creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.request_image(device_uuid, ready_after=ready_after)
+    return await _call(credentials, VizioSenseClient.request_image, device_uuid, ready_after=ready_after)
 
 
 @task(name="viziosense-fetch-image")
@@ -132,25 +119,17 @@ async def fetch_viziosense_image(
         print(snapshot.width, snapshot.height, len(snapshot.content))
         ```
     """
-    creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.fetch_image(image, kind, poll_interval=poll_interval, timeout=timeout)
+    return await _call(
+        credentials, VizioSenseClient.fetch_image, image, kind, poll_interval=poll_interval, timeout=timeout
+    )
 
 
 @task(name="viziosense-list-webhooks")
 async def list_viziosense_webhooks(
     credentials: VizioSenseCredentials | str, device_uuid: str
 ) -> list[Webhook]:
-    """The webhooks of a device.
-
-    Example:
-        ```python
-        hooks = await list_viziosense_webhooks("my-viziosense", uuid)
-        ```
-    """
-    creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.list_webhooks(device_uuid)
+    """The webhooks of a device."""
+    return await _call(credentials, VizioSenseClient.list_webhooks, device_uuid)
 
 
 @task(name="viziosense-add-webhook")
@@ -174,11 +153,17 @@ async def add_viziosense_webhook(
         )
         ```
     """
-    creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.add_webhook(
-            device_uuid, url, webhook_type, status=status, actions=actions, headers=headers, params=params
-        )
+    return await _call(
+        credentials,
+        VizioSenseClient.add_webhook,
+        device_uuid,
+        url,
+        webhook_type,
+        status=status,
+        actions=actions,
+        headers=headers,
+        params=params,
+    )
 
 
 @task(name="viziosense-update-webhook")
@@ -193,25 +178,19 @@ async def update_viziosense_webhook(
     headers: dict[str, str] | None = None,
     params: dict[str, str] | None = None,
 ) -> Webhook:
-    """Change the given fields of a webhook (``None`` = unchanged).
-
-    Example:
-        ```python
-        hook = await update_viziosense_webhook("my-viziosense", uuid, hook.id, status=0)  # deactivate
-        ```
-    """
-    creds = await VizioSenseCredentials.resolve(credentials)
-    async with creds.session() as client:
-        return await client.update_webhook(
-            device_uuid,
-            webhook_id,
-            url=url,
-            webhook_type=webhook_type,
-            status=status,
-            actions=actions,
-            headers=headers,
-            params=params,
-        )
+    """Change the given fields of a webhook (``None`` = unchanged; ``status=0`` deactivates it)."""
+    return await _call(
+        credentials,
+        VizioSenseClient.update_webhook,
+        device_uuid,
+        webhook_id,
+        url=url,
+        webhook_type=webhook_type,
+        status=status,
+        actions=actions,
+        headers=headers,
+        params=params,
+    )
 
 
 # --- batch: snapshots from many cameras in one task run ------------------------------------------------

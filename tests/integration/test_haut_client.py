@@ -272,9 +272,8 @@ async def test_webhook_create_then_overwrite(svc):
 async def test_subjects_crud_bulk_delete_and_gdpr(svc):
     async with client(svc) as c:
         ds = await dataset_with(c, FSM2)
-        a = await c.create_subject(
-            ds.id, "alice", birth_date="1990-05-01", biological_sex="female", meta={"k": 1}
-        )
+        spec = SubjectSpec(name="alice", birth_date="1990-05-01", biological_sex="female", meta={"k": 1})
+        a = await c.create_subject(ds.id, spec)
         b = await c.create_subject(ds.id, "bob")
         extra = [await c.create_subject(ds.id, f"x{i}") for i in range(3)]
         got = await c.get_subject(ds.id, a.id)

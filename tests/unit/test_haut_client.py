@@ -266,7 +266,7 @@ def test_check_image_accepts_jpeg_and_png_at_the_minimum():
         (lambda c: c.create_dataset("d", expire_metadata_after_days=400), "is 400 days (1 to 365)"),
         (lambda c: c.get_subject(DS, "../x"), "subject_id: '../x' is not a valid id"),
         (lambda c: c.attach_application("bad name", DS), "tech_name: 'bad name' is not a tech name"),
-        (lambda c: c.request_upload_v3("s"), "no side given"),
+        (lambda c: c.request_upload_v3("s", {}), "no side given"),
         (lambda c: c.analyse_images_v3("s", {"top": image()}), "images: 'top' is not allowed"),
         (
             lambda c: c.set_webhook(

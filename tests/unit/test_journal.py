@@ -87,7 +87,9 @@ def test_two_s3_writers_on_one_prefix_lose_nothing_and_keep_their_own_order():
         b.append({"w": "b", "n": n})
     records = Journal("s3://bucket/index", s3_client=s3).read()
     assert len(records) == 6 == len(s3.objects)
-    assert [r["n"] for r in records if r["w"] == "a"] == [0, 1, 2] == [r["n"] for r in records if r["w"] == "b"]
+    assert (
+        [r["n"] for r in records if r["w"] == "a"] == [0, 1, 2] == [r["n"] for r in records if r["w"] == "b"]
+    )
 
 
 def _append_many(path: str, writer: str) -> None:
