@@ -144,7 +144,7 @@ def _isolated_fit_rate(emu: Any, report: pd.DataFrame) -> dict[str, float]:
 
 
 class _FlowProcessSampler(threading.Thread):
-    """Samples the flow subprocess and its fit workers (``python -m flows.snapshot_harvest.fit_pool``) every 0.5 s: the peak
+    """Samples the flow subprocess and its fit workers (``python -m flows.snapshot_harvest.fit_pool_worker``) every 0.5 s: the peak
     of their summed RSS, and each one's latest CPU seconds (the workers exit with the flow, so what they did
     after the last sample is missed: little, they idle once the images are fitted)."""
 

@@ -19,6 +19,7 @@ boto3 clients are thread-safe, so the batch tasks share one client across a smal
 from __future__ import annotations
 
 import contextlib
+import functools
 import mimetypes
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -26,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from botocore.config import Config
 from botocore.exceptions import ClientError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -42,17 +44,26 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600  # SigV4 presigned URLs live at most 7 days
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+# The most threads any of our S3 thread pools runs at once (the harvest's s3_workers go up to 64): the
+# clients made from blocks keep that many connections, where boto3's default of 10 makes more threads
+# discard theirs ("Connection pool is full") and connect again. Connections are only opened when needed.
+MAX_S3_THREADS = 64
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class BucketRef:
-    """A bucket reached through a plain boto3 S3 client; ``prefix`` plays the role of ``bucket_folder``."""
+    """A bucket reached through a plain boto3 S3 client; ``prefix`` plays the role of ``bucket_folder``.
+
+    ``credentials``: the botocore credentials of the client's session, when known (``bucket_ref`` of an
+    S3Bucket block): ``tasks.s3_async`` signs its own requests with them.
+    """
 
     client: Any = field(repr=False)
     bucket: str
     prefix: str = ""
+    credentials: Any = field(default=None, repr=False, compare=False)
 
 
 Bucket = S3Bucket | BucketRef
@@ -70,8 +81,21 @@ class BatchResult(Generic[T]):
 
 
 def s3_client_from_block(bucket_block: S3Bucket) -> Any:
-    """The boto3 S3 client of an ``S3Bucket`` block (``credentials.get_s3_client()``, cached by prefect-aws)."""
-    return bucket_block.credentials.get_s3_client()
+    """The boto3 S3 client of an ``S3Bucket`` block: as ``credentials.get_s3_client()`` makes it (the block's
+    region and client parameters), with a connection pool for ``MAX_S3_THREADS`` threads; one per
+    credentials block and process."""
+    return _client_and_credentials(bucket_block.credentials)[0]
+
+
+@functools.lru_cache(maxsize=8)  # credentials blocks hash by value: prefect-aws caches its clients alike
+def _client_and_credentials(credentials: AwsCredentials | MinIOCredentials) -> tuple[Any, Any]:
+    session = credentials.get_boto3_session()
+    params = credentials.aws_client_parameters.get_params_override()
+    if credentials.region_name is not None:
+        params["region_name"] = credentials.region_name
+    pool = Config(max_pool_connections=MAX_S3_THREADS)
+    params["config"] = pool.merge(params["config"]) if params.get("config") else pool  # the block's win
+    return session.client("s3", **params), session.get_credentials()
 
 
 async def s3_client_for(
@@ -119,7 +143,8 @@ def bucket_ref(bucket: Bucket) -> BucketRef:
         return bucket
     if isinstance(bucket, S3Bucket):
         folder = check_key((bucket.bucket_folder or "").strip("/"), field="bucket_folder", allow_empty=True)
-        return BucketRef(s3_client_from_block(bucket), bucket.bucket_name, folder)
+        client, credentials = _client_and_credentials(bucket.credentials)
+        return BucketRef(client, bucket.bucket_name, folder, credentials)
     raise TypeError(f"expected an S3Bucket block or a BucketRef, got {type(bucket).__name__}")
 
 
@@ -160,7 +185,8 @@ def parse_s3_uri(uri: str, *, field: str = "uri", require_key: bool = True) -> t
     return bucket, key
 
 
-def _full_key(ref: BucketRef, key: str, *, allow_empty: bool = False) -> str:
+def object_key(ref: BucketRef, key: str, *, allow_empty: bool = False) -> str:
+    """``key`` (checked with ``check_key``) under the bucket folder: the key S3 stores."""
     check_key(key, allow_empty=allow_empty)
     prefix = ref.prefix.strip("/")
     return f"{prefix}/{key}" if prefix else key
@@ -198,17 +224,18 @@ def put_bytes(
     ASCII strings only, at most 2 KB in total (S3 sends it as HTTP headers).
     """
     ref = bucket_ref(bucket)
-    full_key = _full_key(ref, key)
+    full_key = object_key(ref, key)
     extra: dict[str, Any] = {
         "ContentType": content_type or mimetypes.guess_type(key)[0] or "application/octet-stream"
     }
     if metadata:
-        extra["Metadata"] = _check_metadata(metadata)
+        extra["Metadata"] = check_metadata(metadata)
     ref.client.put_object(Bucket=ref.bucket, Key=full_key, Body=bytes(data), **extra)
     return full_key
 
 
-def _check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+def check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
+    """``metadata`` as S3 user metadata, or ``InputError``: ASCII strings only, at most 2 KB in all."""
     size = 0
     for name, value in metadata.items():
         if not isinstance(name, str) or not isinstance(value, str):
@@ -224,7 +251,7 @@ def _check_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
 def get_bytes(bucket: Bucket, key: str) -> bytes:
     """The whole object at ``key``; ``NotFoundError`` (status 404) if it does not exist."""
     ref = bucket_ref(bucket)
-    full_key = _full_key(ref, key)
+    full_key = object_key(ref, key)
     try:
         return ref.client.get_object(Bucket=ref.bucket, Key=full_key)["Body"].read()
     except ClientError as err:
@@ -239,7 +266,7 @@ def exists(bucket: Bucket, key: str) -> bool:
     """Whether an object exists at ``key`` (one HEAD request)."""
     ref = bucket_ref(bucket)
     try:
-        ref.client.head_object(Bucket=ref.bucket, Key=_full_key(ref, key))
+        ref.client.head_object(Bucket=ref.bucket, Key=object_key(ref, key))
     except ClientError as err:
         if _is_not_found(err):
             return False
@@ -265,7 +292,7 @@ def list_objects(bucket: Bucket, prefix: str = "", *, folder_markers: bool = Fal
     are left out unless ``folder_markers``.
     """
     ref = bucket_ref(bucket)
-    full_prefix = _full_key(ref, prefix, allow_empty=True)  # "folder/" + prefix
+    full_prefix = object_key(ref, prefix, allow_empty=True)  # "folder/" + prefix
     folder = ref.prefix.strip("/")
     strip = len(folder) + 1 if folder else 0
     found: list[ObjectInfo] = []
@@ -291,7 +318,7 @@ def read_object_head(bucket: Bucket, key: str, nbytes: int = 32) -> ObjectInfo:
     """The first ``nbytes`` of an object with one ranged GET (enough to tell its format by content), with its
     ETag and full size; ``NotFoundError`` (status 404) if it does not exist. An empty object has ``head`` b""."""
     ref = bucket_ref(bucket)
-    full_key = _full_key(ref, key)
+    full_key = object_key(ref, key)
     try:
         with not_found_as_error("get_object", ref.bucket, full_key):
             got = ref.client.get_object(Bucket=ref.bucket, Key=full_key, Range=f"bytes=0-{nbytes - 1}")
@@ -325,7 +352,7 @@ def presigned_get_url(bucket: Bucket, key: str, expires_in: int = 3600) -> str:
         raise InputError("expires_in", f"{expires_in} s", f"1 to {MAX_PRESIGN_SECONDS:,} s")
     ref = bucket_ref(bucket)
     return ref.client.generate_presigned_url(
-        "get_object", Params={"Bucket": ref.bucket, "Key": _full_key(ref, key)}, ExpiresIn=int(expires_in)
+        "get_object", Params={"Bucket": ref.bucket, "Key": object_key(ref, key)}, ExpiresIn=int(expires_in)
     )
 
 

@@ -3,7 +3,7 @@ beside it (``cameras``: the per-camera pipeline and data events; ``rows``, ``lab
 ``fit_pool``, ``parameters``, ``report``, ``shards``: the fan-out of a big fleet over the work pool).
 
 ``from flows.snapshot_harvest import harvest_snapshots`` loads the flow on first use only: the fit worker
-processes run ``python -m flows.snapshot_harvest.fit_pool``, which must not import Prefect.
+processes run ``python -m flows.snapshot_harvest.fit_pool_worker``, which must not import Prefect.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ from flows.snapshot_harvest.parameters import MinivizPush, Performance, S3Layout
 from flows.snapshot_harvest.rows import NOT_DELIVERED, CameraResult
 from tasks.journal import GroupCommit
 from tasks.reports import Progress
-from tasks.storage import BucketRef, put_bytes
+from tasks.s3_async import AsyncS3Writer
+from tasks.storage import BucketRef
 from tasks.viziosense import SnapshotLimits, SnapshotOutcome, harvest_viziosense_snapshots
 
 
@@ -127,7 +128,8 @@ class HarvestRun:
 
     ``viziosense``: the VizioSense block (its session does the calls); ``miniviz``: the Miniviz account's
     session client (None = no pushes); ``bucket``: where originals go (full keys, the S3Bucket's folder
-    included); ``executor``: threads for S3; ``fit_pool``: worker processes that fit images for Miniviz
+    included); ``executor``: threads for boto3 (S3 calls the async writer ``s3`` hands back); ``s3``: the
+    originals' uploads (``tasks.s3_async``); ``fit_pool``: worker processes that fit images for Miniviz
     (whoever made it starts and closes it); ``journal``: a shard's record of the cameras it stored (a re-run
     of the shard does not ask them again), None outside shards.
     """
@@ -150,6 +152,7 @@ class HarvestRun:
         self.miniviz = miniviz
         self.bucket = bucket
         self.executor = executor
+        self.s3 = AsyncS3Writer(bucket, connections=settings.s3_workers, run_in_thread=self.in_thread)
         self.state = state
         self.settings = settings
         self.fit_pool = fit_pool
@@ -223,6 +226,9 @@ async def open_run(
             await journal.aclose()
         if state is not None and state.save_problem:
             logger.warning("%s", state.save_problem)
+        await run.s3.aclose()
+        if run.s3.fast_path_problem:
+            logger.warning("%s", run.s3.fast_path_problem)
         run.executor.shutdown(wait=False)
         await run.fit_pool.close()
         if run.fit_pool.problem:
@@ -346,10 +352,9 @@ async def _store(run: HarvestRun, cam: CameraResult, snapshots: dict[str, Snapsh
             kind=kind,
         )
         try:
-            full_key = await run.in_thread(
-                put_bytes, run.bucket, key, snap.content,
-                metadata=snapshot_metadata(cam, kind), content_type="image/jpeg",
-            )  # fmt: skip
+            full_key = await run.s3.put(
+                key, snap.content, metadata=snapshot_metadata(cam, kind), content_type="image/jpeg"
+            )
         except Exception as exc:
             cam.add_reason(f"store {kind} in S3: {error_text(exc)}")
             return

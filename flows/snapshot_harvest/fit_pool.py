@@ -4,9 +4,9 @@ Why processes: Pillow's JPEG encoder holds the GIL, so fitting in threads runs o
 stalls the event loop that drives the HTTP calls. A few worker processes (one per core by default) fit in
 parallel while the flow's own process keeps downloading and uploading.
 
-Each worker is ``python -m flows.snapshot_harvest.fit_pool``: it imports ``tasks.image_fit`` (Pillow, no
-Prefect; ~0.15 s) and nothing of the caller (the package's ``__init__`` loads the flow only when asked for
-it). (``multiprocessing`` would re-import the caller's ``__main__`` in every worker: seconds for a Prefect
+Each worker is ``python -m flows.snapshot_harvest.fit_pool_worker``: it imports ``tasks.image_fit`` (Pillow,
+no Prefect, no asyncio; ~0.08 s of CPU) and nothing of the caller (the package's ``__init__`` loads the flow
+only when asked for it). (``multiprocessing`` would re-import the caller's ``__main__`` in every worker: seconds for a Prefect
 engine, and a crash for a script without a ``__main__`` guard.) Requests and answers
 are length-prefixed pickles on the worker's stdin/stdout, read with asyncio (no extra threads).
 
@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import os
 import pickle
-import resource
 import sys
 import time
 from collections import deque
@@ -31,13 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clients.errors import InputError
-from clients.redaction import error_text
-from tasks.image_fit import FittedImage, fit_to_byte_limit
+from flows.snapshot_harvest.fit_pool_worker import HEADER, fit_timed
+from tasks.image_fit import FittedImage
 
-_HEADER = 8  # bytes of the big-endian length before each pickle
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[2])  # where `flows` and `tasks` are importable from
 MAX_RESTARTS = 3  # dead workers replaced per pool; after that, images are fitted in threads
-WORKER_ARGS = ("-m", "flows.snapshot_harvest.fit_pool")  # what a worker runs, after the Python executable
+WORKER_ARGS = (
+    "-m",
+    "flows.snapshot_harvest.fit_pool_worker",
+)  # what a worker runs, after the Python executable
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class _Worker:
         self.pending.append(answer)
         payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            self.proc.stdin.write(len(payload).to_bytes(_HEADER, "big") + payload)
+            self.proc.stdin.write(len(payload).to_bytes(HEADER, "big") + payload)
             await self.proc.stdin.drain()
         except (OSError, RuntimeError):  # broken pipe: the process is ending, its reader fails `answer`
             await asyncio.wait([self.reader], timeout=5)
@@ -93,7 +94,7 @@ class _Worker:
         assert self.proc.stdout is not None
         try:
             while True:
-                size = int.from_bytes(await self.proc.stdout.readexactly(_HEADER), "big")
+                size = int.from_bytes(await self.proc.stdout.readexactly(HEADER), "big")
                 answer = pickle.loads(await self.proc.stdout.readexactly(size))
                 self.cpu_seconds, self.peak_kb = answer[2], answer[3]
                 future = self.pending.popleft()
@@ -149,7 +150,7 @@ class FitPool:
                 continue
             return _result(outcome, seconds, time.perf_counter() - t0 - seconds)
         started = time.perf_counter()
-        outcome, seconds = await asyncio.to_thread(_fit_timed, data, max_bytes, quality_hint)
+        outcome, seconds = await asyncio.to_thread(fit_timed, data, max_bytes, quality_hint)
         return _result(outcome, seconds, started - t0)
 
     def workers_peak_rss_mb(self) -> float:
@@ -204,42 +205,9 @@ class FitPool:
         self._all.append(_Worker(proc))
 
 
-def _fit_timed(
-    data: bytes, max_bytes: int, quality_hint: int | None
-) -> tuple[FittedImage | Exception, float]:
-    """The fit and its seconds; any error is returned (picklable), so one bad image never ends a worker."""
-    t0 = time.perf_counter()
-    try:
-        outcome: FittedImage | Exception = fit_to_byte_limit(data, max_bytes, quality_hint=quality_hint)
-    except InputError as exc:
-        outcome = exc
-    except Exception as exc:  # a Pillow bug or MemoryError on one image: report it, keep serving
-        outcome = RuntimeError(f"fitting failed: {error_text(exc)}")
-    return outcome, time.perf_counter() - t0
-
-
 def _result(outcome: FittedImage | Exception, seconds: float, waited: float) -> FitResult:
     if isinstance(outcome, InputError):
         return FitResult(None, outcome, round(seconds, 4), round(max(0.0, waited), 4))
     if isinstance(outcome, Exception):
         raise outcome
     return FitResult(outcome, None, round(seconds, 4), round(max(0.0, waited), 4))
-
-
-def serve() -> None:
-    """The worker's loop: read a request, fit, answer, until the input ends."""
-    requests, answers = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # anything else written to stdout (a stray print, a C library) goes to stderr instead
-    sys.stdout = sys.stderr
-    while header := requests.read(_HEADER):
-        data, max_bytes, quality_hint = pickle.loads(requests.read(int.from_bytes(header, "big")))
-        outcome, seconds = _fit_timed(data, max_bytes, quality_hint)
-        usage = resource.getrusage(resource.RUSAGE_SELF)  # ru_maxrss: KB on Linux
-        answer = (outcome, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
-        payload = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
-        answers.write(len(payload).to_bytes(_HEADER, "big") + payload)
-        answers.flush()
-
-
-if __name__ == "__main__":
-    serve()

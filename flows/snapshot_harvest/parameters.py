@@ -104,7 +104,8 @@ class Performance(BaseModel):
     """Cameras requested but not finished at once, 1 to 100,000 (links expire 30 min after the request, so
     huge fleets are taken in waves)."""
     s3_workers: int = Field(8, ge=1, le=64)
-    """Threads uploading originals to S3, 1 to 64."""
+    """Uploads of originals to S3 in flight (connections), 1 to 64; also the threads for boto3 when it is
+    needed (an upload the fast path could not make)."""
 
 
 class Outputs(BaseModel):

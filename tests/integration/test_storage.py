@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import boto3
 import httpx
 import pandas as pd
@@ -9,13 +11,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
+from prefect_aws.client_parameters import AwsClientParameters
 from prefect_aws.credentials import AwsCredentials
 from prefect_aws.s3 import S3Bucket
 
 from clients.errors import InputError, NotFoundError
 from emulators.launcher import running_emulators
+from tasks.s3_async import AsyncS3Writer
 from tasks.storage import (
+    MAX_S3_THREADS,
     BucketRef,
+    bucket_ref,
     check_key,
     download_objects,
     exists,
@@ -126,6 +132,49 @@ def test_path_traversal_keys_are_rejected():
 
 def test_client_from_block_points_at_the_emulator(bucket, s3):
     assert s3_client_from_block(bucket).meta.endpoint_url == s3.url
+
+
+def test_client_from_block_has_a_connection_per_thread(credentials, bucket_name):
+    """boto3's default pool (10) made more threads discard their connections ("Connection pool is full");
+    the block's own client settings still apply."""
+    client = s3_client_from_block(S3Bucket(bucket_name=bucket_name, credentials=credentials))
+    assert client.meta.config.max_pool_connections == MAX_S3_THREADS
+    tuned = credentials.model_copy(
+        update={"aws_client_parameters": AwsClientParameters(endpoint_url=credentials.aws_client_parameters.endpoint_url,
+                                                             config={"read_timeout": 7})}
+    )  # fmt: skip
+    client = s3_client_from_block(S3Bucket(bucket_name=bucket_name, credentials=tuned))
+    assert (client.meta.config.read_timeout, client.meta.config.max_pool_connections) == (7, MAX_S3_THREADS)
+
+
+async def test_async_writer_stores_like_put_bytes(bucket, raw_client, bucket_name):
+    """Signed by botocore and sent by aiohttp: key under the folder, bytes, content type, metadata."""
+    ref = bucket_ref(bucket)
+    assert ref.credentials is not None  # what the fast path signs with
+    fallbacks: list[object] = []
+
+    async def in_thread(call):
+        fallbacks.append(call)
+        return call()
+
+    writer = AsyncS3Writer(ref, connections=2, run_in_thread=in_thread)
+    try:
+        keys = await asyncio.gather(
+            *(writer.put(f"cam 1/{i}.jpg", b"x" * (1000 + i), metadata={"device-name": "Lobby"},
+                         content_type="image/jpeg") for i in range(3))
+        )  # fmt: skip
+    finally:
+        await writer.aclose()
+    assert keys == ["harvest/cam 1/0.jpg", "harvest/cam 1/1.jpg", "harvest/cam 1/2.jpg"]
+    got = raw_client.get_object(Bucket=bucket_name, Key="harvest/cam 1/2.jpg")
+    assert (got["Body"].read(), got["ContentType"], got["Metadata"]) == (
+        b"x" * 1002,
+        "image/jpeg",
+        {"device-name": "Lobby"},
+    )
+    assert fallbacks == [] and writer.fast_path_problem is None
+    with pytest.raises(InputError):  # checked before anything is sent, as put_bytes does
+        await writer.put("../up", b"x", metadata={"name": "Café"}, content_type="image/jpeg")
 
 
 async def test_s3_client_for_needs_a_block_for_s3_locations(bucket, s3):
