@@ -235,6 +235,36 @@ async def run_shards(
     return list(await asyncio.gather(*(one(s) for s in shards)))
 
 
+async def fan_out_job(
+    flow: str,
+    ranges: list[dict[str, Any]],
+    fan_out: FanOut,
+    root: StateRoot,
+    s3_client: Any,
+    logger: Any,
+    what: str,
+    outputs: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> list[ShardRun]:
+    """What a parent run does with its ranges: check that every worker reaches the state root, plan a shard per
+    range from this run's parameters (``plan_shards``), run them on ``fan_out.deployment`` (default: the flow's
+    ``<flow>-shard`` deployment) and wait for them (``run_shards``). ``what`` says what is split, for the log."""
+    check_fan_out(root)
+    parent, parameters = this_run()
+    shards = plan_shards(flow, ranges, parameters, root, parent, outputs, **overrides)
+    deployment = fan_out.deployment or f"{flow}/{flow}-shard"
+    logger.info("%s in %d shards on %s", what, len(shards), deployment)
+    return await run_shards(deployment, shards, fan_out.max_reruns, s3_client, logger)
+
+
+def shard_problems(runs: list[ShardRun]) -> list[str]:
+    """The finished shards' problems (each once), then a line for each shard that never finished."""
+    problems: list[str] = []
+    for run in runs:
+        problems += [p for p in run.summary.get("problems", []) if p not in problems]
+    return problems + [f"{r.why_unfinished()}: a re-run resumes it" for r in runs if not r.finished]
+
+
 def _read_back(result: ShardRun, s3_client: Any) -> None:
     """The shard's report and summary, if it got as far as writing them."""
     summary = Location(result.shard.summary, s3_client).read_bytes()

@@ -18,21 +18,10 @@ from flows.micrio_migration.items import Item
 from flows.micrio_migration.parameters import MigrationSummary
 from flows.micrio_migration.report import outcome_totals, report_row, write_report
 from flows.micrio_migration.sources import Sources
-from tasks.fan_out import (
-    FanOut,
-    ShardRange,
-    ShardRun,
-    check_fan_out,
-    key_ranges,
-    plan_shards,
-    row_ranges,
-    run_shards,
-    this_run,
-)
+from tasks.fan_out import FanOut, ShardRange, ShardRun, fan_out_job, key_ranges, row_ranges, shard_problems
 from tasks.state import StateRoot
 
 FLOW = "micrio-migration"
-SHARD_DEPLOYMENT = "micrio-migration/micrio-migration-shard"
 
 
 def take_shard(sources: Sources, shard: ShardRange) -> None:
@@ -50,7 +39,6 @@ async def migrate_in_shards(
     artifacts."""
     from prefect import get_run_logger
 
-    check_fan_out(root)
     logger = get_run_logger()
     size, items = fan_out.shard_size, sources.items
     if sources.kind == "prefix":
@@ -58,11 +46,8 @@ async def migrate_in_shards(
     else:
         ranges = row_ranges(len(items), size)
     target = {"kind": "existing", "folder_id": folder_id}  # the shards add to the folder the parent has
-    parent, parameters = this_run()
-    shards = plan_shards(FLOW, ranges, parameters, root, parent, outputs={"journal": ""}, target=target)
-    logger.info("%d sources in %d shards of %d on %s", len(sources.items), len(shards), fan_out.shard_size,
-                fan_out.deployment or SHARD_DEPLOYMENT)  # fmt: skip
-    runs = await run_shards(fan_out.deployment or SHARD_DEPLOYMENT, shards, fan_out.max_reruns, s3, logger)
+    what = f"{len(items)} sources"
+    runs = await fan_out_job(FLOW, ranges, fan_out, root, s3, logger, what, {"journal": ""}, target=target)
     rows, problems = _gather(sources, runs)
     in_flight = sum(r.summary.get("in_flight", 0) for r in runs)
     resumed = sum(1 for r in runs if r.summary.get("resumed") or r.runs > 1)
@@ -78,19 +63,15 @@ async def migrate_in_shards(
 def _gather(sources: Sources, runs: list[ShardRun]) -> tuple[list[dict[str, Any]], list[str]]:
     """Every source's row, from its shard's report; a shard that never finished reports its sources failed."""
     rows: list[dict[str, Any]] = []
-    problems: list[str] = []
     for run in runs:
         if run.finished:
             rows += run.rows()
-            problems += [p for p in run.summary.get("problems", []) if p not in problems]
             continue
-        why = run.why_unfinished()
-        problems.append(f"{why}: a re-run resumes it")
+        error = f"{run.why_unfinished()}; re-run to resume it"
         for item in _items_of(sources, run.shard.range):
-            rows.append({**report_row(item, 0), "outcome": "failed", "status": "not_added",
-                         "error": f"{why}; re-run to resume it"})  # fmt: skip
+            rows.append({**report_row(item, 0), "outcome": "failed", "status": "not_added", "error": error})
     rows.sort(key=lambda r: r["row"])
-    return rows, problems
+    return rows, shard_problems(runs)
 
 
 def _items_of(sources: Sources, shard: ShardRange) -> list[Item]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import shutil
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 import orjson
 
 from tasks.state import Location
+from tasks.storage import parse_s3_uri
 
 from .spec import SKIPPED_REASONS
 from .timestamps import format_ms
@@ -87,6 +89,16 @@ class DeadLetterWriter:
         )
         self.count += 1
 
+    def append_file(self, location: str, s3_client: Any, rows: int) -> None:
+        """Copy in another dead-letter file (a shard's) as it is, after its header line: ``rows`` lines."""
+        if not rows or self._fh is None:
+            return
+        self._fh.flush()
+        with _open_binary(location, s3_client) as source:
+            source.readline()  # the header: this file has its own
+            shutil.copyfileobj(source, self._fh.buffer, 1 << 20)
+        self.count += rows
+
     def close(self) -> str:
         if self._fh is not None:
             self._fh.flush()
@@ -94,6 +106,14 @@ class DeadLetterWriter:
             self._fh = None
             self._file.close()
         return self.location
+
+
+def _open_binary(location: str, s3_client: Any) -> Any:
+    """A local file, or an S3 object's body read as it arrives."""
+    if not location.startswith("s3://"):
+        return open(location, "rb")  # noqa: SIM115 - the caller closes it
+    bucket, key = parse_s3_uri(location, field="dead_letter")
+    return io.BufferedReader(s3_client.get_object(Bucket=bucket, Key=key)["Body"], buffer_size=1 << 20)
 
 
 def _json(data: Any) -> str:

@@ -15,6 +15,11 @@ acknowledged event is journaled (group-committed, fsynced) before its slot is re
 ``kill -9``) loses no row and re-sends at most the events in flight at that instant: ``concurrency`` with no
 rate limit, 1 when paced. The journal pins each file's size and mtime (or ETag): a file that changed is
 refused rather than resumed.
+
+Fan-out (``fan_out.shard_size``; ``shards.py``): a source of more files than that runs as shards of that many
+files, runs of the ``miniviz-backfill-shard`` deployment on the work pool, all appending to the job's journal;
+the parent waits, starts again a shard whose run crashed (it resumes), and writes one report, one dead-letter
+file and one set of artifacts, then ends in the final state of the whole job.
 """
 
 from __future__ import annotations
@@ -22,21 +27,14 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 
 from blocks.miniviz import MinivizCredentials
-from tasks.run_state import finish
+from tasks.fan_out import FanOut
 
 from .options import CsvOptions, EventOptions, OutputOptions, PacingOptions, TimestampOptions, build_spec
 from .plan import scan_backfill
-from .report import (
-    BackfillSummary,
-    outcome_counts,
-    problems,
-    publish_plan,
-    reported_files,
-    reporting,
-    summarize,
-)
+from .report import BackfillSummary, final_state, publish_plan, reporting, summarize
 from .run import FLOW_NAME, open_run
 from .sending import send_pending
+from .shards import backfill_in_shards, fans_out, shard_done
 
 
 @flow(name=FLOW_NAME, log_prints=False)
@@ -50,6 +48,7 @@ async def miniviz_backfill(
     pacing: PacingOptions = PacingOptions(),  # noqa: B008
     outputs: OutputOptions = OutputOptions(),  # noqa: B008
     s3_bucket_block: str = "",
+    fan_out: FanOut = FanOut(),  # noqa: B008
 ) -> BackfillSummary:
     """Backfill historical measurements (CSV, Parquet, JSON Lines) into a Miniviz project, paced and resumable.
 
@@ -72,34 +71,35 @@ async def miniviz_backfill(
         outputs: Journal, report and dead-letter locations.
         s3_bucket_block: Name of a saved S3Bucket block whose credentials reach the s3:// paths (endpoint URL for
             a local S3). Empty: local files and http(s) URLs only.
+        fan_out: Shards on the work pool for sources of many files: shard size is files per shard (a file is
+            never split, so one big file runs in one shard); 0: every file in this run.
     """
     logger = get_run_logger()
     spec = build_spec(csv, timestamps, events)
     creds = await MinivizCredentials.resolve(miniviz_block)
-    run = await open_run(source, spec, creds, pacing, outputs, s3_bucket_block)
+    run = await open_run(source, spec, creds, pacing, outputs, s3_bucket_block, fan_out.shard)
     logger.info(run.describe(dry_run))
+    sharded = fans_out(run, fan_out)  # many files: shards on the work pool, their counts gathered here
 
     async with reporting(run, dry_run):  # progress while it runs; the report and artifacts however it ends
-        run.tally, run.fingerprints = await scan_backfill(
-            run.files,
-            spec,
-            pacing.chunk_rows,
-            run.sent,
-            run.dead_letters,
-            run.s3_client,
-            run.labels,
-            run.progress,
-        )
-        await publish_plan(run, dry_run)
-        if not dry_run and run.to_send:
-            await send_pending(run)
+        if sharded:
+            await backfill_in_shards(run, fan_out, dry_run)
+        else:
+            run.tally, run.fingerprints = await scan_backfill(
+                run.files,
+                spec,
+                pacing.chunk_rows,
+                run.sent,
+                run.dead_letters,
+                run.s3_client,
+                run.labels,
+                run.progress,
+            )
+            await publish_plan(run, dry_run)
+            if not dry_run and run.to_send:
+                await send_pending(run)
 
     summary = summarize(run, dry_run)
-    return finish(
-        summary,
-        what="items (events sent or planned, rows skipped or rejected)",
-        counts=outcome_counts(summary, run.tally),
-        report=reported_files(run),
-        problems=problems(summary, run.tally),
-        logger=logger,
-    )
+    if fan_out.shard.is_shard:  # what the parent reads back
+        await shard_done(run, summary)
+    return final_state(run, summary, logger)

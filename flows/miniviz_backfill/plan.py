@@ -43,6 +43,9 @@ class Tally:
         self.file_errors: dict[str, str] = {}
         self.files: list[str] = []
         self.read_as: dict[str, str] = {}  # how each CSV file was read (separator, encoding, decimal)
+        self.unsent: dict[
+            str, str
+        ] = {}  # why a file's events are not all sent (a fanned-out run: its shards')
 
     def cell(self, source: str, label: str | None) -> Counter[str]:
         key = (source, label or "")
@@ -83,48 +86,7 @@ class ScanProgress:
         self.sent = 0
         self.failed = 0
         self.send_started: float | None = None
-
-
-def scan_source(
-    files: Sequence[str],
-    spec: BackfillSpec,
-    chunk_rows: int,
-    sent: SentIndex,
-    dead_letters: DeadLetterWriter,
-    s3_client: Any = None,
-    labels: LabelMapper | None = None,
-    progress: ScanProgress | None = None,
-) -> tuple[Tally, dict[str, dict[str, Any]]]:
-    """Transform every file without sending: counts, dead letters, fingerprints. Returns (tally, fingerprints).
-
-    A file that cannot be read (missing column, unknown type, changed since the journal recorded it) is
-    listed in ``tally.file_errors`` and skipped; the other files go on.
-    """
-    tally = Tally()
-    labels = labels or LabelMapper()
-    fingerprints: dict[str, dict[str, Any]] = {}
-    for path in files:
-        tally.files.append(path)
-        fid = file_id(path)
-        try:
-            fingerprint = file_fingerprint(path, s3_client)
-            known = sent.fingerprints.get(fid)
-            if known and known != fingerprint:
-                raise InputError(
-                    "source",
-                    f"{path} changed since the journal recorded it ({known} -> {fingerprint})",
-                    "restore it, or use a new journal to send it again",
-                )
-            fingerprints[path] = fingerprint
-            for result in iter_file_results(path, spec, chunk_rows, s3_client, labels, read_as=tally.read_as):
-                tally.add_chunk(path, result, fid, sent)
-                dead_letters.rejected(path, result.rejections)
-                if progress is not None:
-                    progress.rows_scanned += result.rows
-        except (InputError, OSError, ValueError, KeyError) as exc:
-            tally.file_errors[path] = error_text(exc)
-            fingerprints.pop(path, None)
-    return tally, fingerprints
+        self.waiting = ""  # what a fanned-out run waits for instead: its shards
 
 
 @task(name="miniviz-backfill-scan", cache_policy=NO_CACHE)
@@ -138,10 +100,44 @@ async def scan_backfill(
     labels: LabelMapper | None = None,
     progress: ScanProgress | None = None,
 ) -> tuple[Tally, dict[str, dict[str, Any]]]:
-    """The plan pass over every input file (in a worker thread): see ``scan_source``."""
-    return await asyncio.to_thread(
-        scan_source, files, spec, chunk_rows, sent, dead_letters, s3_client, labels, progress
-    )
+    """The plan pass: transform every file without sending (in a worker thread): counts, dead letters,
+    fingerprints. Returns (tally, fingerprints).
+
+    A file that cannot be read (missing column, unknown type, changed since the journal recorded it) is
+    listed in ``tally.file_errors`` and skipped; the other files go on.
+    """
+    tally = Tally()
+    labels = labels or LabelMapper()
+    fingerprints: dict[str, dict[str, Any]] = {}
+
+    def scan(path: str) -> None:
+        fid = file_id(path)
+        fingerprint = file_fingerprint(path, s3_client)
+        known = sent.fingerprints.get(fid)
+        if known and known != fingerprint:
+            raise InputError(
+                "source",
+                f"{path} changed since the journal recorded it ({known} -> {fingerprint})",
+                "restore it, or use a new journal to send it again",
+            )
+        fingerprints[path] = fingerprint
+        for result in iter_file_results(path, spec, chunk_rows, s3_client, labels, read_as=tally.read_as):
+            tally.add_chunk(path, result, fid, sent)
+            dead_letters.rejected(path, result.rejections)
+            if progress is not None:
+                progress.rows_scanned += result.rows
+
+    def scan_all() -> None:
+        for path in files:
+            tally.files.append(path)
+            try:
+                scan(path)
+            except (InputError, OSError, ValueError, KeyError) as exc:
+                tally.file_errors[path] = error_text(exc)
+                fingerprints.pop(path, None)
+
+    await asyncio.to_thread(scan_all)
+    return tally, fingerprints
 
 
 def iter_pending_batches(

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from blocks.miniviz import MinivizCredentials
 from clients.miniviz import DATA_INTERVAL_S
 from tasks.reports import Progress, markdown_cell, publish_markdown, publish_table
+from tasks.run_state import finish
 from tasks.tables import write_table
 
 from .labels import LabelMapper
@@ -135,6 +136,19 @@ async def reporting(run: BackfillRun, dry_run: bool) -> AsyncIterator[None]:
         await _publish_outcome(run.tally, report_df, run.failures, run.progress, artifact, dry_run)
 
 
+def final_state(run: BackfillRun, summary: BackfillSummary, logger: Any) -> Any:
+    """The summary when every event was sent (or planned) and no row needs fixing, else a Failed state with
+    the counts and where the report (and dead letters) are (``tasks.run_state.finish``)."""
+    return finish(
+        summary,
+        what="items (events sent or planned, rows skipped or rejected)",
+        counts=outcome_counts(summary, run.tally),
+        report=reported_files(run),
+        problems=problems(summary, run.tally),
+        logger=logger,
+    )
+
+
 def outcome_counts(summary: BackfillSummary, tally: Tally) -> dict[str, int]:
     """The run's outcomes (tasks/run_state.py): events done, failed or (dry run) deferred; rows skipped by
     design (outside start/end, duplicates, empty measurements) or rejected (everything else the user must fix)."""
@@ -192,7 +206,9 @@ def _report_frame(tally: Tally, dry_run: bool, stopped: str = "") -> pd.DataFram
         else:
             status = "done" if c["sent"] + c["already_sent"] == c["events"] else "pending"
         error = tally.file_errors.get(source, "")
-        if status in ("pending", "partial") and stopped:
+        if status in ("pending", "partial") and source in tally.unsent:
+            error = tally.unsent[source]
+        elif status in ("pending", "partial") and stopped:
             error = f"not all sent: the run stopped early ({stopped}); a re-run sends the rest"
         rows.append(
             {
@@ -357,7 +373,9 @@ async def _publish_outcome(
 async def _report_progress(progress: ScanProgress, artifact: Progress, interval: float) -> None:
     """Update the progress artifact every few seconds: rows scanned, then events sent and time left."""
     while True:
-        if progress.phase == "scanning":
+        if progress.waiting:
+            await artifact.update(0.0, progress.waiting)
+        elif progress.phase == "scanning":
             await artifact.update(0.0, f"Planning: {progress.rows_scanned:,} rows read")
         else:
             done = progress.sent + progress.failed

@@ -9,6 +9,7 @@ from typing import Any
 
 from blocks.miniviz import MinivizCredentials
 from clients.errors import InputError
+from tasks.fan_out import ShardRange
 from tasks.journal import Journal
 from tasks.state import StateRoot
 from tasks.storage import s3_client_for
@@ -33,10 +34,12 @@ class BackfillRun:
     spec: BackfillSpec
     pacing: PacingOptions
     creds: MinivizCredentials  # as sending uses them: the run's interval and enough connections
+    root: StateRoot
     interval: float
     in_flight: int  # events sent at once: 1 when paced, ``pacing.concurrency`` otherwise
     s3_client: Any
     files: list[str]
+    shard: ShardRange  # a shard of a fanned-out run: which files it takes (none: every file)
     journal: Journal
     sent: SentIndex
     report: str
@@ -61,8 +64,9 @@ class BackfillRun:
             if self.interval
             else f"{self.in_flight} in flight"
         )
+        part = f" ({self.shard.label()})" if self.shard.is_shard else ""
         return (
-            f"Backfill of {len(self.files)} file(s) from {self.source} into Miniviz project "
+            f"Backfill of {len(self.files)} file(s){part} from {self.source} into Miniviz project "
             f"{self.creds.project_id} ({self.creds.plan} plan): {how}; journal {self.journal.location}"
         )
 
@@ -74,8 +78,10 @@ async def open_run(
     pacing: PacingOptions,
     outputs: OutputOptions,
     s3_bucket_block: str,
+    shard: ShardRange,
 ) -> BackfillRun:
-    """Resolve S3, open the journal (refusing one written for other transform parameters), list the files."""
+    """Resolve S3, open the journal (refusing one written for other transform parameters), list the files
+    (a shard's: those of its key range)."""
     creds, interval, in_flight = sending_target(creds, pacing)
     root = await StateRoot.current(outputs.state_root)
     root.check_local([source], "source")
@@ -94,26 +100,25 @@ async def open_run(
             f"{journal.location} was written for other transform parameters",
             "use the same parameters to resume, or another journal",
         )
-    files = await asyncio.to_thread(list_sources, source, s3_client)
+    files = take_shard(await asyncio.to_thread(list_sources, source, s3_client), shard)
     if not files:
+        where = f" in {shard.label()} ({shard.first_key!r} to {shard.stop_key!r})" if shard.is_shard else ""
         raise InputError(
-            "source", f"{source!r} matches no file", "a CSV/Parquet file, glob, directory or s3:// prefix"
+            "source",
+            f"{source!r} matches no file{where}",
+            "a CSV/Parquet file, glob, directory or s3:// prefix",
         )
     dead_letters = DeadLetterWriter(outputs.dead_letter or _beside(report, "-dead-letter.csv"), s3_client)
     return BackfillRun(
-        source,
-        spec,
-        pacing,
-        creds,
-        interval,
-        in_flight,
-        s3_client,
-        files,
-        journal,
-        sent,
-        report,
+        source, spec, pacing, creds, root, interval, in_flight, s3_client, files, shard, journal, sent, report,
         dead_letters,
-    )
+    )  # fmt: skip
+
+
+def take_shard(files: list[str], shard: ShardRange) -> list[str]:
+    """The files whose path (or s3:// key) falls in the shard's key range; every file when not a shard. A
+    file is never split: a big one is all in one shard."""
+    return [f for f in files if shard.holds_key(f)] if shard.is_shard else files
 
 
 def _default_journal(

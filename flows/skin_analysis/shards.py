@@ -23,16 +23,7 @@ import pandas as pd
 from prefect import get_run_logger
 
 from blocks.haut import HautCredentials
-from tasks.fan_out import (
-    FanOut,
-    ShardRange,
-    ShardRun,
-    check_fan_out,
-    key_ranges,
-    plan_shards,
-    run_shards,
-    this_run,
-)
+from tasks.fan_out import FanOut, ShardRange, ShardRun, fan_out_job, key_ranges, shard_problems
 from tasks.haut import ensure_haut_subjects
 from tasks.state import StateRoot
 from tasks.tables import iter_table_chunks, write_table
@@ -46,7 +37,6 @@ if TYPE_CHECKING:
     from .run import SkinRun
 
 FLOW = "skin-analysis"
-SHARD_DEPLOYMENT = "skin-analysis/skin-analysis-shard"
 
 
 def take_shard(
@@ -73,18 +63,13 @@ async def analyse_in_shards(
 ) -> SkinAnalysisSummary:
     """Create the subjects, run the shards with this run's parameters, wait for them, and write the job's
     reports and artifacts."""
-    check_fan_out(root)
     logger, dataset_name = get_run_logger(), run.report.dataset_name
     names = list(dict.fromkeys(u.subject for u in run.units))
     await ensure_haut_subjects(credentials, dataset_id, [inputs.subjects.get(n) or n for n in names])
-    parent, parameters = this_run()
     ranges = key_ranges([subject_key(dataset_name, n) for n in names], fan_out.shard_size)
-    shards = plan_shards(FLOW, ranges, parameters, root, parent, outputs={"journal": where.journal})
-    deployment = fan_out.deployment or SHARD_DEPLOYMENT
-    logger.info("%d analyses of %d subjects (created) in %d shards on %s",
-                len(run.units), len(names), len(shards), deployment)  # fmt: skip
-    runs = await run_shards(deployment, shards, fan_out.max_reruns, run.s3, logger)
-    wide, tidy, shard_problems = await run.report.run(_gather, run, inputs, runs)
+    what = f"{len(run.units)} analyses of {len(names)} subjects (created)"
+    runs = await fan_out_job(FLOW, ranges, fan_out, root, run.s3, logger, what, {"journal": where.journal})
+    wide, tidy = await run.report.run(_gather, run, inputs, runs)
     wide_rows = wide.astype(object).where(wide.notna(), None).to_dict("records")
     done, failed, rejected = (int((wide["status"] == s).sum()) for s in ("done", "failed", "rejected"))
     pending = sum(r.summary.get("pending", 0) for r in runs)
@@ -93,7 +78,7 @@ async def analyse_in_shards(
         subjects=len(names), done=done, rejected=rejected, failed=failed, pending=pending,
         resumed=sum(r.summary.get("resumed", 0) for r in runs), ignored_files=inputs.ignored_files,
         photos_deleted_subjects=sum(r.summary.get("photos_deleted_subjects", 0) for r in runs),
-        problems=[*problems, *shard_problems, *outcome_problems(wide_rows, pending, done)],
+        problems=[*problems, *shard_problems(runs), *outcome_problems(wide_rows, pending, done)],
         report=where.report, metrics_report=where.metrics_report, journal=where.journal,
     )  # fmt: skip
     await asyncio.gather(
@@ -103,30 +88,27 @@ async def analyse_in_shards(
     return summary
 
 
-def _gather(
-    run: SkinRun, inputs: SkinInputs, runs: list[ShardRun]
-) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """The job's wide table (a row per input image: from its shard's report, or made here), its tidy table
-    (the shards' metrics), and the shards' problems. Blocking."""
+def _gather(run: SkinRun, inputs: SkinInputs, runs: list[ShardRun]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The job's wide table (a row per input image: from its shard's report, or made here) and its tidy table
+    (the shards' metrics). Blocking."""
     dataset_name, api_version, personal = run.report.dataset_name, run.api_version, run.report.personal
     rows: dict[int, dict[str, Any]] = {}
     tidy: list[pd.DataFrame] = []
-    problems: list[str] = []
     for shard_run in runs:
         if shard_run.finished:
             rows.update((r["item"], r) for r in shard_run.rows())
             tidy += iter_table_chunks(metrics_name(shard_run.shard.report), s3_client=run.s3)
-            problems += [p for p in shard_run.summary.get("problems", []) if p not in problems]
             continue
-        why = shard_run.why_unfinished()
-        problems.append(f"{why}: a re-run resumes it")
+        reason = f"{shard_run.why_unfinished()}; re-run to resume it"
         for image in _images_of(inputs, dataset_name, shard_run.shard.range):
             row = wide_row(image, None, None, dataset_name, api_version, **personal)
-            rows[image.item] = {**row, "status": "failed", "reason": f"{why}; re-run to resume it"}
-    made = (wide_row(i, None, None, dataset_name, api_version, **personal) for i in inputs.images)
-    wide = wide_table([rows.get(i.item) or row for i, row in zip(inputs.images, made, strict=True)])
+            rows[image.item] = {**row, "status": "failed", "reason": reason}
+    made = (
+        rows.get(i.item) or wide_row(i, None, None, dataset_name, api_version, **personal)
+        for i in inputs.images
+    )
     metrics = pd.concat(tidy, ignore_index=True) if tidy else tidy_table([], {})
-    return wide, metrics.sort_values("analysis", kind="stable", ignore_index=True), problems
+    return wide_table(list(made)), metrics.sort_values("analysis", kind="stable", ignore_index=True)
 
 
 def _images_of(inputs: SkinInputs, dataset_name: str, shard: ShardRange) -> list[ImageInput]:

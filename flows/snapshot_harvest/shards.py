@@ -27,22 +27,17 @@ from flows.snapshot_harvest.report import Stages, write_outputs
 from flows.snapshot_harvest.rows import CameraResult
 from tasks.fan_out import (
     FanOut,
-    Shard,
     ShardRange,
     ShardRun,
-    check_fan_out,
+    fan_out_job,
     key_ranges,
-    plan_shards,
-    run_shards,
-    this_run,
+    shard_problems,
     write_shard_summary,
 )
 from tasks.journal import GroupCommit, Journal
 from tasks.reports import Progress
 from tasks.state import StateRoot
 from tasks.storage import BucketRef
-
-SHARD_DEPLOYMENT = f"{FLOW_NAME}/{FLOW_NAME}-shard"
 
 
 class ShardSummary(HarvestSummary):
@@ -111,14 +106,6 @@ async def shard_done(summary: HarvestSummary, problems: list[str], report: str, 
     await asyncio.to_thread(write_shard_summary, report, out, _s3(report, bucket))
 
 
-def plan_camera_shards(
-    rows: list[CameraResult], size: int, parameters: dict[str, Any], root: StateRoot, parent: str
-) -> list[Shard]:
-    """The uuid ranges of the cameras to harvest, each with the parent's parameters and its own report."""
-    pending = [r.device_uuid for r in rows if r.outcome == "pending"]
-    return plan_shards(FLOW_NAME, key_ranges(pending, size), parameters, root, parent)
-
-
 async def harvest_in_shards(
     rows: list[CameraResult],
     problems: list[str],
@@ -135,16 +122,12 @@ async def harvest_in_shards(
     job's one report and artifacts (``problems`` gets the shards' own)."""
     from prefect import get_run_logger
 
-    check_fan_out(root)
     logger = get_run_logger()
-    parent, parameters = this_run()
-    shards = plan_camera_shards(rows, fan_out.shard_size, parameters, root, parent)
-    deployment = fan_out.deployment or SHARD_DEPLOYMENT
-    pending = sum(r.outcome == "pending" for r in rows)
-    logger.info("%d cameras to harvest in %d shards of %d on %s", pending, len(shards), fan_out.shard_size,
-                deployment)  # fmt: skip
-    await progress.update(5, f"{pending} cameras in {len(shards)} shards")
-    runs = await run_shards(deployment, shards, fan_out.max_reruns, bucket.client, logger)
+    pending = [r.device_uuid for r in rows if r.outcome == "pending"]
+    ranges = key_ranges(pending, fan_out.shard_size)
+    await progress.update(5, f"{len(pending)} cameras in {len(ranges)} shards")
+    what = f"{len(pending)} cameras to harvest"
+    runs = await fan_out_job(FLOW_NAME, ranges, fan_out, root, bucket.client, logger, what)
     stages.done("shards")
     if state is not None:
         await merge_pacing(state, runs, bucket)
@@ -170,12 +153,11 @@ def gather(rows: list[CameraResult], runs: list[ShardRun], problems: list[str]) 
     for run in runs:
         if run.finished:
             out += [CameraResult.model_validate(r) for r in run.rows()]
-            problems += [p for p in run.summary.get("problems", []) if p not in problems]
             continue
-        why = run.why_unfinished()
-        problems.append(why)
+        why = f"{run.why_unfinished()}; re-run to resume it"
         for row in take_shard(rows, run.shard.range):
             if row.outcome == "pending":
                 row = row.model_copy(update={"originals": "failed", "reason": why})
             out.append(row)
+    problems += [p for p in shard_problems(runs) if p not in problems]
     return out

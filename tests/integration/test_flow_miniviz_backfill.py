@@ -16,16 +16,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from zoneinfo import ZoneInfo
 
 import boto3
 import pandas as pd
+import prefect.deployments
 import pytest
 import statsmodels.datasets.co2
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from prefect.settings import PREFECT_API_URL
+from prefect.states import Crashed
 from prefect.variables import Variable
 from prefect_aws import S3Bucket
 from pydantic import SecretStr
@@ -645,6 +649,114 @@ async def test_empty_sources_end_the_run_failed(svc, blocks, tmp_path):
     (folder / "zero-bytes.csv").write_bytes(b"")
     message, _ = await run_failed(tmp_path, source=str(folder), miniviz_block="backfill-fast")
     assert "zero-bytes.csv: cannot be read as CSV" in message and "No columns to parse" in message
+
+
+# --- fan-out: shards of the source's files, gathered into one report ------------------------------------
+
+
+def stock_files(folder: Path) -> dict[str, Path]:
+    """vega_datasets' monthly stock prices (2000-2010), one CSV per symbol; AAPL's holds one exact duplicate
+    row (skipped by design, listed in the dead letters)."""
+    folder.mkdir()
+    stocks = pd.read_csv(local_data.stocks.filepath)
+    files = {}
+    for symbol, rows in stocks.groupby("symbol"):
+        if symbol == "AAPL":
+            rows = pd.concat([rows, rows.tail(1)])
+        rows.to_csv(folder / f"{symbol}.csv", index=False)
+        files[symbol] = folder / f"{symbol}.csv"
+    return files
+
+
+def shards_in_this_process(monkeypatch, crashing: set[int]) -> Counter:
+    """``run_deployment`` as the parent calls it, running each shard's flow here; the shards in ``crashing``
+    crash every time (their worker dies). Returns the runs per shard number."""
+    runs: Counter = Counter()
+
+    async def run_deployment(name: str, parameters: dict, **_):
+        assert name == "miniviz-backfill/miniviz-backfill-shard"
+        number = parameters["fan_out"]["shard"]["number"]
+        runs[number] += 1
+        if number in crashing:
+            return SimpleNamespace(state=Crashed(message="the worker died"))
+        return SimpleNamespace(state=await miniviz_backfill(**parameters, return_state=True))
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", run_deployment)
+    return runs
+
+
+def stock_params(tmp_path: Path, report: str) -> dict:
+    return dict(
+        source=str(tmp_path / "stocks" / "*.csv"),
+        miniviz_block="backfill-fast",
+        timestamp_column="date",
+        timestamp_format="%b %d %Y",
+        label_column="symbol",
+        concurrency=8,
+        journal=str(tmp_path / "state" / "journal.jsonl"),
+        report=str(tmp_path / report),
+        state_root=str(tmp_path / "state"),
+        fan_out={"shard_size": 2, "max_reruns": 1},
+    )
+
+
+async def test_a_fanned_out_backfill_writes_one_report_and_one_dead_letter_file(
+    svc, blocks, tmp_path, monkeypatch
+):
+    files = stock_files(tmp_path / "stocks")
+    runs = shards_in_this_process(monkeypatch, crashing=set())
+
+    summary = await miniviz_backfill(
+        **grouped(**stock_params(tmp_path, "report.csv"))
+    )  # Completed, or it raises
+
+    assert runs == {1: 1, 2: 1, 3: 1}  # 5 files, 2 per shard: AAPL AMZN | GOOG IBM | MSFT
+    got = svc.received()
+    assert got["accepted"] == {"data": 560} and got["duplicates"] == {} and got["rejected_by_status"] == {}
+    assert (summary.files, summary.events, summary.events_sent, summary.rows_skipped) == (5, 560, 560, 1)
+    report = pd.read_csv(summary.report, keep_default_na=False)
+    assert sorted(report.source) == sorted(map(str, files.values())) and set(report.status) == {"done"}
+    assert dict(zip(report.label_key, report.sent, strict=True)) == {
+        "AAPL": 123, "AMZN": 123, "GOOG": 68, "IBM": 123, "MSFT": 123
+    }  # fmt: skip
+    dead = pd.read_csv(summary.dead_letter)  # the job's one file, from the shards' own
+    assert dead[["source", "status", "reason"]].values.tolist() == [
+        [str(files["AAPL"]), "skipped", "duplicate"]
+    ]
+    shard_reports = sorted(p.name for p in (tmp_path / "state" / "reports").rglob("shard-*.parquet"))
+    assert shard_reports == ["shard-1.parquet", "shard-2.parquet", "shard-3.parquet"]
+
+
+async def test_a_shard_that_never_finished_fails_the_run_and_a_re_run_resumes_it(
+    svc, blocks, tmp_path, monkeypatch
+):
+    files = stock_files(tmp_path / "stocks")
+    crashing = {2}
+    runs = shards_in_this_process(monkeypatch, crashing)
+
+    message, summary = await run_failed(tmp_path, **stock_params(tmp_path, "report.csv"))
+
+    assert runs == {1: 1, 2: 2, 3: 1}  # shard 2 started again once (max_reruns), then given up
+    why = "shard 2 of 3 did not finish (its last run ended Crashed after 2 runs): the worker died"
+    assert message.startswith(f"{files['GOOG']}: {why}; a re-run resumes it; {files['IBM']}: {why}")
+    assert message.endswith(f"370 items (events sent or planned, rows skipped or rejected): 369 done, "
+                            f"1 skipped; report {summary.report}, dead letters {summary.dead_letter}")  # fmt: skip
+    report = pd.read_csv(summary.report, keep_default_na=False).set_index("source")
+    for symbol in ("GOOG", "IBM"):  # its files failed, with the reason; the others sent
+        assert report.loc[str(files[symbol]), "status"] == "failed"
+        assert report.loc[str(files[symbol]), "error"] == f"{why}; a re-run resumes it"
+    assert set(report.status.drop([str(files["GOOG"]), str(files["IBM"])])) == {"done"}
+    assert svc.received()["accepted"] == {"data": 369}
+
+    runs.clear()
+    crashing.clear()
+    again = await miniviz_backfill(
+        **grouped(**stock_params(tmp_path, "again.csv"))
+    )  # no crash now: Completed
+    assert runs == {1: 1, 2: 1, 3: 1}
+    assert (again.events_already_sent, again.events_sent) == (369, 191)  # the shards' one journal
+    got = svc.received()
+    assert got["accepted"] == {"data": 560} and got["duplicates"] == {}
 
 
 # --- kill -9 mid-run, then resume -----------------------------------------------------------------------

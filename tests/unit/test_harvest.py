@@ -338,8 +338,17 @@ def fleet_rows(n: int = 10) -> list[CameraResult]:
     return select_cameras(devices, device_uuids=[d.uuid for d in devices] + ["uuid-zzz"], online_only=True)
 
 
+def plan_camera_shards(rows, size, parameters, root, parent):
+    """The shards a parent plans for these rows: uuid ranges of the cameras to harvest."""
+    from flows.snapshot_harvest.parameters import FLOW_NAME
+    from tasks.fan_out import key_ranges, plan_shards
+
+    pending = [r.device_uuid for r in rows if r.outcome == "pending"]
+    return plan_shards(FLOW_NAME, key_ranges(pending, size), parameters, root, parent)
+
+
 def test_shards_split_the_cameras_by_uuid_range_and_cover_every_row_once(tmp_path):
-    from flows.snapshot_harvest.shards import plan_camera_shards, take_shard
+    from flows.snapshot_harvest.shards import take_shard
     from tasks.state import StateRoot
 
     rows = fleet_rows(10)
@@ -383,7 +392,7 @@ def test_the_parent_gathers_one_row_per_camera_and_fails_an_unfinished_shard(tmp
     import pandas as pd
 
     from flows.snapshot_harvest.rows import REPORT_COLUMNS
-    from flows.snapshot_harvest.shards import gather, plan_camera_shards
+    from flows.snapshot_harvest.shards import gather
     from tasks.fan_out import ShardRun
     from tasks.state import StateRoot
 

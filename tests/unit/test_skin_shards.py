@@ -8,7 +8,7 @@ from types import SimpleNamespace
 from flows.skin_analysis.inputs import SkinInputs, group_units, images_from_files
 from flows.skin_analysis.shards import _gather, take_shard
 from flows.skin_analysis.tables import ReportBuilder, subject_key
-from tasks.fan_out import Shard, ShardRange, ShardRun, split_keys
+from tasks.fan_out import Shard, ShardRange, ShardRun, shard_problems, split_keys
 
 DATASET = "study"
 FILES = [
@@ -60,7 +60,7 @@ def test_shards_that_never_finished_report_their_images_failed(tmp_path):
         ShardRun(Shard(shard, {}, str(tmp_path / f"shard-{shard.number}.parquet")), state, runs=3)
         for shard, state in zip(shards, ["Crashed", "Cancelled"], strict=True)
     ]
-    wide, tidy, problems = _gather(run, everything, runs)
+    (wide, tidy), problems = _gather(run, everything, runs), shard_problems(runs)
 
     for shard, state in zip(shards, ["Crashed", "Cancelled"], strict=True):
         mine = inputs()
