@@ -8,8 +8,9 @@ Redis of the production topology) each rate limit's slot lives in Redis instead,
 - ``<key>:next``: when the next call may start, in the Redis server's clock (``TIME``), so machines whose
   clocks disagree still agree on the moment. Scripts compare and set it atomically.
 
-Each process converts between Redis time and its own ``CLOCK_MONOTONIC`` at every read (offsets of one
-round trip, well under a millisecond on a LAN). Cost per paced call: three or four Redis round trips.
+Each process converts between Redis time and its own ``CLOCK_MONOTONIC`` at every read and write, erring late:
+a read counts from the end of its round trip, a write from its start, so a slow round trip (a busy machine)
+delays a call, never lets one go early. Cost per paced call: three or four Redis round trips.
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ class RedisSlot(Slot):
 
     def next_allowed(self) -> float:
         """When the next call may start, on this process's ``CLOCK_MONOTONIC``."""
-        started = time.monotonic()
         seconds = float(self._next_in(keys=[self._next_key]))
-        return (started + time.monotonic()) / 2 + seconds  # the middle of the round trip
+        # Counted from the end of the round trip: Redis read its clock at some moment before it, so the
+        # moment computed is never early (a delayed request, e.g. on a busy machine, makes it later only).
+        return time.monotonic() + seconds
 
     def push_next(self, at: float) -> None:
         """No call anywhere before ``at`` (monotonic); a later moment already stored stays."""

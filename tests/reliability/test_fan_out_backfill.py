@@ -4,8 +4,9 @@ On the fan-out stack (``fan_out_stack``: PostgreSQL, Redis, three workers in thr
 in S3), the parent run lists vega_datasets' monthly stock prices, one CSV per symbol in S3 (five files, 560
 rows), and splits them two files per shard into three shards, child flow runs of ``miniviz-backfill-shard``.
 The project is paced (the emulator answers 429 to a data event sooner than its interval after the last), and
-the runs share its limit through one pacing folder (``PIPELINES_PACING_DIR``, the job variable ``env`` of
-both deployments: the three workers are on one host; on several, ``PIPELINES_PACING_URL`` and Redis). Once one running shard has had events accepted, its flow-run process is killed; its
+the runs share its limit through Redis (``PIPELINES_PACING_URL``, the job variable ``env`` of both
+deployments), as workers on several machines do. Once one running shard has had events accepted, its
+flow-run process is killed; its
 worker marks it Crashed, the parent starts it again, the new run resumes from the job's journal in S3, and
 the parent writes one report of the whole job. Paced, a kill sends again at most the one event in flight.
 Without PostgreSQL or Redis the test skips (fails under ``.ci/run``).
@@ -30,11 +31,12 @@ from pydantic import SecretStr
 from vega_datasets import local_data
 
 from blocks import MinivizCredentials
-from clients.shared_pacing import PACING_DIR_ENV
+from clients.shared_pacing import PACING_URL_ENV
 from demo.setup import emulator_aws_credentials, s3_client
 from emulators.launcher import running_emulators
 from tasks.fan_out import split_keys
 from tests.reliability.fan_out_stack import TIMEOUT, flow_run_processes, shard_runs, wait_final
+from tests.reliability.prefect_stack import REDIS_HOST, REDIS_PORT, redis_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # the first test also starts the stack
 
@@ -61,7 +63,7 @@ def emu(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stack(fan_out_stack, emu, tmp_path_factory):
+def stack(fan_out_stack, emu):
     async def save_blocks() -> None:
         aws = emulator_aws_credentials(emu["s3"])
         await S3Bucket(bucket_name=BUCKET, credentials=aws).asave("fan-backfill-s3", overwrite=True)
@@ -69,17 +71,17 @@ def stack(fan_out_stack, emu, tmp_path_factory):
                                  data_interval_seconds=INTERVAL).asave("fan-backfill-mvz", overwrite=True)  # fmt: skip
 
     asyncio.run(fan_out_stack.save(save_blocks, f"s3://{BUCKET}/pipeline-state", "fan-backfill-s3"))
-    pacing = tmp_path_factory.mktemp("fan-out-backfill-pacing")  # the workers' runs pace the project here
-    asyncio.run(pace_in(fan_out_stack.api_url, str(pacing)))
-    return fan_out_stack
+    with redis_database() as db:  # the workers' runs pace the project here
+        asyncio.run(pace_in(fan_out_stack.api_url, f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"))
+        yield fan_out_stack
 
 
-async def pace_in(api_url: str, folder: str) -> None:
-    """The backfill deployments' runs get ``PIPELINES_PACING_DIR`` (the job variable ``env``)."""
+async def pace_in(api_url: str, url: str) -> None:
+    """The backfill deployments' runs get ``PIPELINES_PACING_URL`` (the job variable ``env``)."""
     async with PrefectClient(api_url) as client:
         for name in (PARENT, f"miniviz-backfill/{SHARD}"):
             deployment = await client.read_deployment_by_name(name)
-            update = DeploymentUpdate(job_variables={"env": {PACING_DIR_ENV: folder}})
+            update = DeploymentUpdate(job_variables={"env": {PACING_URL_ENV: url}})
             await client.update_deployment(deployment.id, update)
 
 
