@@ -123,6 +123,7 @@ class CredentialsGate:
             self._first_answered.set()
 
 
+@dataclasses.dataclass(kw_only=True, eq=False)
 class HarvestRun:
     """What every batch of one run shares: the accounts, the limits, the pacing state, the progress bar.
 
@@ -134,39 +135,31 @@ class HarvestRun:
     of the shard does not ask them again), None outside shards.
     """
 
-    def __init__(
-        self,
-        *,
-        viziosense: VizioSenseCredentials,
-        miniviz: SessionClient | None,
-        bucket: BucketRef,
-        executor: ThreadPoolExecutor,
-        state: PacingState | None,
-        settings: HarvestSettings,
-        fit_pool: FitPool,
-        progress: Progress | None = None,
-        total: int = 0,
-        journal: GroupCommit | None = None,
-    ) -> None:
-        self.viziosense = viziosense
-        self.miniviz = miniviz
-        self.bucket = bucket
-        self.executor = executor
-        self.s3 = AsyncS3Writer(bucket, connections=settings.s3_workers, run_in_thread=self.in_thread)
-        self.state = state
-        self.settings = settings
-        self.fit_pool = fit_pool
-        self.progress = progress
-        self.total = total
-        self.journal = journal
-        self.finished = 0
+    viziosense: VizioSenseCredentials
+    miniviz: SessionClient | None
+    bucket: BucketRef
+    executor: ThreadPoolExecutor
+    state: PacingState | None
+    settings: HarvestSettings
+    fit_pool: FitPool
+    progress: Progress | None = None
+    total: int = 0
+    journal: GroupCommit | None = None
+    finished: int = dataclasses.field(default=0, init=False)
+    last_fit_quality: int | None = dataclasses.field(
+        default=None, init=False
+    )  # frames look alike: start there
+
+    def __post_init__(self) -> None:
+        self.s3 = AsyncS3Writer(
+            self.bucket, connections=self.settings.s3_workers, run_in_thread=self.in_thread
+        )
         self._last_progress = 0.0
         # VizioSense calls in flight; cameras holding image bytes (download -> store/fit -> push)
-        holding = 2 * max(settings.concurrency, settings.fit_workers)
-        self.limits = SnapshotLimits(settings.concurrency, holding)
+        holding = 2 * max(self.settings.concurrency, self.settings.fit_workers)
+        self.limits = SnapshotLimits(self.settings.concurrency, holding)
         # images handed to the pool at once: one queued per worker, so a worker never idles between two
-        self.fit = asyncio.Semaphore(2 * max(1, settings.fit_workers))
-        self.last_fit_quality: int | None = None  # where the next quality search starts (frames look alike)
+        self.fit = asyncio.Semaphore(2 * max(1, self.settings.fit_workers))
         self.image_gate = CredentialsGate("image pushes")
         self.data_gate = CredentialsGate("data events")
 
