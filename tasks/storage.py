@@ -285,23 +285,38 @@ class ObjectInfo:
     head: bytes = field(default=b"", repr=False)
 
 
-def list_objects(bucket: Bucket, prefix: str = "", *, folder_markers: bool = False) -> list[ObjectInfo]:
+def list_objects(
+    bucket: Bucket, prefix: str = "", *, folder_markers: bool = False, first_key: str = "", stop_key: str = ""
+) -> list[ObjectInfo]:
     """Every object under ``prefix`` (all pages), sorted by key, keys relative to the bucket folder.
 
     The listing carries each object's ETag and size at no extra cost. Folder markers (keys ending in ``/``)
-    are left out unless ``folder_markers``.
+    are left out unless ``folder_markers``. With ``first_key`` / ``stop_key`` (keys relative to the bucket
+    folder), only the keys in ``[first_key, stop_key)`` are listed: S3 lists in key order, so the listing
+    starts there (``StartAfter``) and stops at ``stop_key`` instead of reading every page.
     """
     ref = bucket_ref(bucket)
     full_prefix = object_key(ref, prefix, allow_empty=True)  # "folder/" + prefix
     folder = ref.prefix.strip("/")
     strip = len(folder) + 1 if folder else 0
+    start = {}
+    if (
+        first_key
+    ):  # StartAfter is exclusive: start after a key just below first_key (itself minus a character)
+        start["StartAfter"] = f"{folder}/{first_key}"[:-1] if folder else first_key[:-1]
     found: list[ObjectInfo] = []
-    for page in ref.client.get_paginator("list_objects_v2").paginate(Bucket=ref.bucket, Prefix=full_prefix):
+    pages = ref.client.get_paginator("list_objects_v2").paginate(
+        Bucket=ref.bucket, Prefix=full_prefix, **start
+    )
+    for page in pages:
         found.extend(
             ObjectInfo(obj["Key"][strip:], obj.get("ETag", "").strip('"'), int(obj.get("Size", 0)))
             for obj in page.get("Contents", ())
             if folder_markers or not obj["Key"].endswith("/")
         )
+        if stop_key and found and found[-1].key >= stop_key:
+            break
+    found = [o for o in found if o.key >= first_key and (not stop_key or o.key < stop_key)]
     return sorted(found, key=lambda o: o.key)
 
 

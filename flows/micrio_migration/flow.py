@@ -24,7 +24,7 @@ from flows.micrio_migration.parameters import (
 )
 from flows.micrio_migration.report import report_run
 from flows.micrio_migration.run_journal import RunJournal, default_journal_location
-from flows.micrio_migration.shards import migrate_in_shards, take_shard
+from flows.micrio_migration.shards import migrate_in_shards
 from flows.micrio_migration.sources import ContentCheck, read_sources
 from tasks.fan_out import FanOut, write_shard_summary
 from tasks.run_state import finish
@@ -77,9 +77,7 @@ async def migrate_to_micrio(
         s3_bucket_block or state.s3_bucket_block, [source, outputs.journal, report, state.root]
     )
 
-    sources = await asyncio.to_thread(read_sources, source, s3)
-    if fan_out.shard.is_shard:
-        take_shard(sources, fan_out.shard)
+    sources = await asyncio.to_thread(read_sources, source, s3, fan_out.shard)  # a shard: its range only
     logger.info("read %s as %s: %d source(s)", source, sources.read_as, len(sources.items))
     journal = RunJournal(
         outputs.journal or default_journal_location(state, sources.where, target, fan_out.shard), s3

@@ -41,8 +41,11 @@ async def migrate_in_shards(
 
     logger = get_run_logger()
     size, items = fan_out.shard_size, sources.items
-    if sources.kind == "prefix":
+    if sources.kind == "prefix":  # each shard lists its key range only, numbering from its first row
         ranges = key_ranges([i.key for i in items], size)
+        row_of = {i.key: i.row for i in items}
+        for bounds in ranges:
+            bounds["first_row"] = row_of.get(bounds["first_key"], 1)
     else:
         ranges = row_ranges(len(items), size)
     target = {"kind": "existing", "folder_id": folder_id}  # the shards add to the folder the parent has

@@ -18,6 +18,7 @@ import pandas as pd
 
 from clients.errors import InputError
 from flows.micrio_migration.items import Item
+from tasks.fan_out import ShardRange
 from tasks.micrio import SNIFF_BYTES, micrio_format_problem
 from tasks.storage import (
     BucketRef,
@@ -57,10 +58,16 @@ def _claims_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _s3_object_items(s3: Any, prefix_uri: str) -> list[Item]:
+def _s3_object_items(s3: Any, prefix_uri: str, shard: ShardRange) -> list[Item]:
+    """The objects under the prefix; a shard lists only its key range, numbered from its first row."""
     bucket, prefix = parse_s3_uri(prefix_uri, field="source", require_key=False)
+    in_bucket = f"s3://{bucket}/"
+    listed = list_objects(  # folder markers left out
+        BucketRef(s3, bucket), prefix, first_key=shard.first_key.removeprefix(in_bucket),
+        stop_key=shard.stop_key.removeprefix(in_bucket),
+    )  # fmt: skip
     items = []
-    for row, obj in enumerate(list_objects(BucketRef(s3, bucket), prefix), 1):  # folder markers left out
+    for row, obj in enumerate(listed, shard.first_row or 1):
         uri = f"s3://{bucket}/{obj.key}"
         item = Item(row=row, key=uri, source=uri, name=posixpath.basename(obj.key) or None)
         if problem := _uri_problem(uri):  # S3 stores keys our presigning refuses (traversal, control chars)
@@ -160,14 +167,16 @@ class Sources:
         return bool(self.items) and all((i.skipped or "").endswith(LEFT_OUT) for i in self.items)
 
 
-def read_sources(source: str, s3: Any) -> Sources:
-    """Every source item with its row number; synchronous (it lists or reads S3): run it off the event loop."""
+def read_sources(source: str, s3: Any, shard: ShardRange | None = None) -> Sources:
+    """Every source item with its row number (a shard's: those of its range); synchronous (it lists or reads
+    S3): run it off the event loop."""
     sources = Sources(*source_kind(source))
+    shard = shard or ShardRange()
     try:
         if sources.kind == "prefix":
-            sources.items = _s3_object_items(s3, sources.where)
+            sources.items = _s3_object_items(s3, sources.where, shard)
         else:
-            sources.items = _manifest_items(sources.where, s3)
+            sources.items = [i for i in _manifest_items(sources.where, s3) if shard.holds_row(i.row)]
     except Exception as exc:  # any unreadable input: one clear problem, the run still reports and fails
         sources.problems.append(f"{source} cannot be read as {sources.read_as}: {exc}")
         return sources

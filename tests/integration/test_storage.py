@@ -248,6 +248,27 @@ def test_listing_carries_etag_and_size(bucket, raw_client, bucket_name):
     assert [o.key for o in list_objects(bucket, "etag/", folder_markers=True)] == ["etag/", "etag/a.jpg"]
 
 
+def test_a_key_range_is_listed_from_its_first_key_and_stops_at_its_end(raw_client, bucket_name):
+    """What a shard lists: only [first_key, stop_key), starting there and reading no page past the end."""
+    keys = [f"range/img-{i:04d}.jpg" for i in range(2_500)]  # three pages of 1,000
+    keys += ["range/img-0999.jpa", "range/img-1000.jp"]  # sort just below img-1000.jpg: not in the range
+    for key in keys:
+        raw_client.put_object(Bucket=bucket_name, Key=f"harvest/{key}", Body=b"x")
+    calls = []
+    raw_client.meta.events.register("before-parameter-build.s3.ListObjectsV2", lambda params, **_: calls.append(params))
+    try:
+        ref = BucketRef(raw_client, bucket_name, "harvest")
+        listed = list_objects(ref, "range/", first_key="range/img-1000.jpg", stop_key="range/img-1500.jpg")
+        ranged_calls = len(calls)
+        everything = list_objects(ref, "range/")
+    finally:
+        raw_client.meta.events.unregister("before-parameter-build.s3.ListObjectsV2")
+    assert [o.key for o in listed] == [f"range/img-{i:04d}.jpg" for i in range(1000, 1500)]
+    assert calls[0]["StartAfter"] == "harvest/range/img-1000.jp"
+    assert ranged_calls == 1 and len(calls) - ranged_calls == 3  # one page from the start; the whole: three
+    assert len(everything) == len(keys)
+
+
 def test_object_heads_are_read_with_ranged_gets(bucket, raw_client, bucket_name):
     big = b"\xff\xd8\xff\xe0" + bytes(100_000)
     upload_objects.fn(bucket, {"h/big.jpg": big, "h/empty.jpg": b""})
