@@ -14,10 +14,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 import yaml
+from prefect.blocks.core import Block
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
 
@@ -53,15 +55,46 @@ class FanOutStack:
     api_url: str
     group: ProcessGroup
 
-    async def save(self, save_blocks: Callable[[], Awaitable[None]], state_root: str, s3_block: str) -> None:
-        """Run ``save_blocks`` against this server and point the state root at ``state_root``."""
+    def save(self, blocks: dict[str, Block], s3_emulator: Any, bucket: str, s3_block: str) -> None:
+        """Save ``blocks`` (by name) and an ``S3Bucket`` named ``s3_block`` on the S3 emulator on this server,
+        and point the state root at ``s3://bucket/pipeline-state`` through that block."""
         from prefect.settings import PREFECT_API_URL, temporary_settings
         from prefect.variables import Variable
+        from prefect_aws import S3Bucket
+
+        from demo.setup import emulator_aws_credentials
+
+        async def save() -> None:
+            s3 = S3Bucket(bucket_name=bucket, credentials=emulator_aws_credentials(s3_emulator))
+            for name, block in {**blocks, s3_block: s3}.items():
+                await block.asave(name, overwrite=True)
+            value = {"root": f"s3://{bucket}/pipeline-state", "s3_bucket_block": s3_block}
+            await Variable.aset(STATE_VARIABLE, value, overwrite=True)
 
         with temporary_settings({PREFECT_API_URL: self.api_url}):
-            await save_blocks()
-            value = {"root": state_root, "s3_bucket_block": s3_block}
-            await Variable.aset(STATE_VARIABLE, value, overwrite=True)
+            asyncio.run(save())
+
+    async def run_killing_one_shard(
+        self,
+        parent: str,
+        shard: str,
+        parameters: dict[str, Any],
+        kill: Callable[[PrefectClient], Awaitable[str]],
+    ) -> None:
+        """Run the ``parent`` deployment with ``parameters``; ``kill(client)`` SIGKILLs one running shard of
+        ``shard`` (its flow run id). Then: the parent Completed, the killed run Crashed, three shards Completed
+        (the killed one ran again)."""
+        async with PrefectClient(self.api_url) as client:
+            deployment = await client.read_deployment_by_name(parent)
+            run = await client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+            killed = await kill(client)
+            run = await wait_final(client, run.id)
+            shards = await shard_runs(client, shard)
+            killed_run = await client.read_flow_run(killed)
+        assert run.state.is_completed(), f"{run.state.name}: {run.state.message}\n{self.logs()}"
+        assert killed_run.state.is_crashed(), killed_run.state
+        states = sorted(r.state.name for r in shards)
+        assert states.count("Completed") == 3 and states.count("Crashed") == 1, states
 
     def logs(self) -> str:
         return "\n".join(f"--- {n}\n{t[-3000:]}" for n, t in self.group.outputs().items())

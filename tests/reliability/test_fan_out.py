@@ -10,7 +10,6 @@ Redis the test skips (fails under ``.ci/run``).
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -18,14 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 import pytest
 from PIL import Image
-from prefect.client.orchestration import PrefectClient
-from prefect_aws import S3Bucket
 from pydantic import SecretStr
 
 from blocks import MicrioCredentials
-from demo.setup import emulator_aws_credentials, s3_client
+from demo.setup import s3_client
 from emulators.launcher import running_emulators
-from tests.reliability.fan_out_stack import kill_a_running_shard, shard_runs, wait_final
+from tests.reliability.fan_out_stack import kill_a_running_shard
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # the first test also starts the stack
 
@@ -56,15 +53,11 @@ def emu(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stack(fan_out_stack, emu):
-    async def save_blocks() -> None:
-        aws = emulator_aws_credentials(emu["s3"])
-        await S3Bucket(bucket_name=BUCKET, credentials=aws).asave("fan-s3", overwrite=True)
-        m = emu["micrio"].credentials
-        await MicrioCredentials(
-            organisation_id=m["organisation_id"], api_key=SecretStr(m["api_key"]), base_url=emu["micrio"].url
-        ).asave("fan-micrio", overwrite=True)
-
-    asyncio.run(fan_out_stack.save(save_blocks, f"s3://{BUCKET}/pipeline-state", "fan-s3"))
+    m = emu["micrio"].credentials
+    micrio = MicrioCredentials(
+        organisation_id=m["organisation_id"], api_key=SecretStr(m["api_key"]), base_url=emu["micrio"].url
+    )
+    fan_out_stack.save({"fan-micrio": micrio}, emu["s3"], BUCKET, "fan-s3")
     return fan_out_stack
 
 
@@ -80,19 +73,10 @@ async def test_a_migration_fanned_out_over_three_workers_survives_a_killed_shard
         "polling": {"initial_seconds": 0.2, "max_seconds": 1.0},
         "fan_out": {"shard_size": SHARD_SIZE, "max_reruns": 2},
     }
-    async with PrefectClient(stack.api_url) as client:
-        deployment = await client.read_deployment_by_name(PARENT)
-        parent = await client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
-        flowing = lambda: micrio.received()["accepted"].get("image", 0) >= BATCH * 3  # noqa: E731
-        killed = await kill_a_running_shard(client, SHARD, flowing)
-        parent = await wait_final(client, parent.id)
-        shards = await shard_runs(client, SHARD)
-        killed_run = await client.read_flow_run(killed)
-
-    assert parent.state.is_completed(), f"{parent.state.name}: {parent.state.message}\n{stack.logs()}"
-    assert killed_run.state.is_crashed(), killed_run.state
-    states = sorted(r.state.name for r in shards)
-    assert states.count("Completed") == 3 and states.count("Crashed") == 1, states  # the killed one ran again
+    flowing = lambda: micrio.received()["accepted"].get("image", 0) >= BATCH * 3  # noqa: E731
+    await stack.run_killing_one_shard(
+        PARENT, SHARD, parameters, lambda c: kill_a_running_shard(c, SHARD, flowing)
+    )
 
     got = micrio.received()
     duplicates = got["duplicates"].get("image", 0)

@@ -26,16 +26,15 @@ import pandas as pd
 import pytest
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentUpdate
-from prefect_aws import S3Bucket
 from pydantic import SecretStr
 from vega_datasets import local_data
 
 from blocks import MinivizCredentials
 from clients.shared_pacing import PACING_URL_ENV
-from demo.setup import emulator_aws_credentials, s3_client
+from demo.setup import s3_client
 from emulators.launcher import running_emulators
 from tasks.fan_out import split_keys
-from tests.reliability.fan_out_stack import TIMEOUT, flow_run_processes, shard_runs, wait_final
+from tests.reliability.fan_out_stack import TIMEOUT, flow_run_processes, shard_runs
 from tests.reliability.prefect_stack import REDIS_HOST, REDIS_PORT, redis_database
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # the first test also starts the stack
@@ -64,13 +63,13 @@ def emu(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stack(fan_out_stack, emu):
-    async def save_blocks() -> None:
-        aws = emulator_aws_credentials(emu["s3"])
-        await S3Bucket(bucket_name=BUCKET, credentials=aws).asave("fan-backfill-s3", overwrite=True)
-        await MinivizCredentials(project_id=PROJECT, token=SecretStr(TOKEN), base_url=emu["miniviz"].url,
-                                 data_interval_seconds=INTERVAL).asave("fan-backfill-mvz", overwrite=True)  # fmt: skip
-
-    asyncio.run(fan_out_stack.save(save_blocks, f"s3://{BUCKET}/pipeline-state", "fan-backfill-s3"))
+    miniviz = MinivizCredentials(
+        project_id=PROJECT,
+        token=SecretStr(TOKEN),
+        base_url=emu["miniviz"].url,
+        data_interval_seconds=INTERVAL,
+    )
+    fan_out_stack.save({"fan-backfill-mvz": miniviz}, emu["s3"], BUCKET, "fan-backfill-s3")
     with redis_database() as db:  # the workers' runs pace the project here
         asyncio.run(pace_in(fan_out_stack.api_url, f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"))
         yield fan_out_stack
@@ -124,18 +123,8 @@ async def test_a_backfill_fanned_out_over_three_workers_survives_a_killed_shard(
         "events": {"label_column": "symbol"},  # each month's price as it is (the deployment resamples)
         "fan_out": {"shard_size": SHARD_SIZE, "max_reruns": 2},
     }
-    async with PrefectClient(stack.api_url) as client:
-        deployment = await client.read_deployment_by_name(PARENT)
-        parent = await client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
-        killed = await kill_a_shard_that_sent(client, miniviz, KILL_AFTER)
-        parent = await wait_final(client, parent.id)
-        shards = await shard_runs(client, SHARD)
-        killed_run = await client.read_flow_run(killed)
-
-    assert parent.state.is_completed(), f"{parent.state.name}: {parent.state.message}\n{stack.logs()}"
-    assert killed_run.state.is_crashed(), killed_run.state
-    states = sorted(r.state.name for r in shards)
-    assert states.count("Completed") == 3 and states.count("Crashed") == 1, states  # the killed one ran again
+    kill = lambda client: kill_a_shard_that_sent(client, miniviz, KILL_AFTER)  # noqa: E731
+    await stack.run_killing_one_shard(PARENT, SHARD, parameters, kill)
 
     got = miniviz.received()
     assert got["rejected_by_status"] == {}, got["recent_rejected"]  # no 429: the shards shared the pace

@@ -12,7 +12,6 @@ or Redis the test skips (fails under ``.ci/run``).
 
 from __future__ import annotations
 
-import asyncio
 import io
 from pathlib import Path
 
@@ -20,15 +19,13 @@ import pandas as pd
 import pytest
 import skimage
 from PIL import Image
-from prefect.client.orchestration import PrefectClient
-from prefect_aws import S3Bucket
 from pydantic import SecretStr
 
 from blocks import HautCredentials
-from demo.setup import emulator_aws_credentials, s3_client
+from demo.setup import s3_client
 from emulators.haut.results import metric_scores
 from emulators.launcher import running_emulators
-from tests.reliability.fan_out_stack import kill_a_running_shard, shard_runs, wait_final
+from tests.reliability.fan_out_stack import kill_a_running_shard
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # the first test also starts the stack
 
@@ -67,16 +64,13 @@ def files(emu) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def stack(fan_out_stack, emu):
-    async def save_blocks() -> None:
-        aws = emulator_aws_credentials(emu["s3"])
-        await S3Bucket(bucket_name=BUCKET, credentials=aws).asave("fan-skin-s3", overwrite=True)
-        h = emu["haut"]
-        await HautCredentials(
-            base_url=h.url, company_id=h.credentials["company_id"],
-            private_token=SecretStr(h.credentials["private_token"]),
-        ).asave("fan-haut", overwrite=True)  # fmt: skip
-
-    asyncio.run(fan_out_stack.save(save_blocks, f"s3://{BUCKET}/pipeline-state", "fan-skin-s3"))
+    h = emu["haut"]
+    haut = HautCredentials(
+        base_url=h.url,
+        company_id=h.credentials["company_id"],
+        private_token=SecretStr(h.credentials["private_token"]),
+    )
+    fan_out_stack.save({"fan-haut": haut}, emu["s3"], BUCKET, "fan-skin-s3")
     return fan_out_stack
 
 
@@ -92,19 +86,10 @@ async def test_a_skin_analysis_fanned_out_over_three_workers_survives_a_killed_s
         "polling": {"initial_delay": 0.1, "max_delay": 0.5, "results_timeout": 120},
         "fan_out": {"shard_size": SHARD_SIZE, "max_reruns": 2},
     }
-    async with PrefectClient(stack.api_url) as client:
-        deployment = await client.read_deployment_by_name(PARENT)
-        parent = await client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
-        flowing = lambda: haut.received()["accepted"].get("upload", 0) >= 2 * BATCH  # noqa: E731
-        killed = await kill_a_running_shard(client, SHARD, flowing)
-        parent = await wait_final(client, parent.id)
-        shards = await shard_runs(client, SHARD)
-        killed_run = await client.read_flow_run(killed)
-
-    assert parent.state.is_completed(), f"{parent.state.name}: {parent.state.message}\n{stack.logs()}"
-    assert killed_run.state.is_crashed(), killed_run.state
-    states = sorted(r.state.name for r in shards)
-    assert states.count("Completed") == 3 and states.count("Crashed") == 1, states  # the killed one ran again
+    flowing = lambda: haut.received()["accepted"].get("upload", 0) >= 2 * BATCH  # noqa: E731
+    await stack.run_killing_one_shard(
+        PARENT, SHARD, parameters, lambda c: kill_a_running_shard(c, SHARD, flowing)
+    )
 
     got = haut.received()
     accepted, duplicates = got["accepted"], got["duplicates"]
