@@ -8,25 +8,26 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from tasks.described import Described
 from tasks.state import state_root_field
 
 
-class ExistingFolder(BaseModel):
+class ExistingFolder(Described):
     """Add the images to a folder that exists."""
 
-    model_config = ConfigDict(title="Existing folder", extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(title="Existing folder", extra="forbid")
 
     kind: Literal["existing"] = "existing"
     folder_id: str = Field(min_length=6, max_length=6)
     """Id of the Micrio folder, 6 characters (e.g. dmRoot)."""
 
 
-class NewFolder(BaseModel):
+class NewFolder(Described):
     """Create a folder, album or space once, and add the images to it (a re-run reuses it)."""
 
-    model_config = ConfigDict(title="New folder", extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(title="New folder", extra="forbid")
 
     kind: Literal["new"] = "new"
     parent_id: str = Field(min_length=6, max_length=6)
@@ -37,10 +38,8 @@ class NewFolder(BaseModel):
     """What to create: a folder, an album, or a space (360 tour container)."""
 
 
-class AddingOptions(BaseModel):
+class AddingOptions(Described):
     """How images are sent to Micrio."""
-
-    model_config = ConfigDict(use_attribute_docstrings=True)
 
     batch_size: int = Field(100, ge=1, le=1000)
     """Images per images/add call, 1 to 1000. At most one batch can be added twice after a crash."""
@@ -51,10 +50,8 @@ class AddingOptions(BaseModel):
     """Validity of the presigned URLs Micrio downloads S3 objects with, in hours, up to 168 (7 days)."""
 
 
-class PollingOptions(BaseModel):
+class PollingOptions(Described):
     """How the tiling is followed."""
-
-    model_config = ConfigDict(use_attribute_docstrings=True)
 
     initial_seconds: float = Field(2.0, gt=0, le=600)
     """First wait between status rounds in seconds, up to 600; it grows while nothing changes."""
@@ -65,10 +62,8 @@ class PollingOptions(BaseModel):
     flight) and a re-run picks them up."""
 
 
-class OutputOptions(BaseModel):
+class OutputOptions(Described):
     """Where the report and the journal go (local paths or s3:// URIs)."""
-
-    model_config = ConfigDict(use_attribute_docstrings=True)
 
     report: str = ""
     """Report, .csv or .parquet. Empty: reports/micrio-migration-{UTC time}.csv (under the state root, if set)."""
@@ -79,10 +74,8 @@ class OutputOptions(BaseModel):
     state_root: str = state_root_field()
 
 
-class MigrationSummary(BaseModel):
+class MigrationSummary(Described):
     """What a run did: item counts by outcome, and where the report and journal are."""
-
-    model_config = ConfigDict(use_attribute_docstrings=True)
 
     folder_id: str | None
     read_as: str

@@ -6,8 +6,9 @@ import datetime as dt
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from tasks.described import Described
 from tasks.state import state_root_field
 
 from .spec import (
@@ -22,10 +23,10 @@ from .spec import (
 )
 
 
-class CsvOptions(BaseModel):
+class CsvOptions(Described):
     """How CSV files are read (Parquet and JSON Lines carry their own types)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
     sep: Separator = "auto"
     """Column separator. auto: detected from the start of each file (a comma when it cannot tell)."""
@@ -36,10 +37,10 @@ class CsvOptions(BaseModel):
     """Decimal mark of numbers. auto: a comma when the separator is a semicolon (12,8), else a point."""
 
 
-class TimestampOptions(BaseModel):
+class TimestampOptions(Described):
     """Which column holds the time of each row, and how to read it."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
     column: str = Field("timestamp", min_length=1)
     """Column holding the time of each row."""
@@ -71,10 +72,10 @@ class TimestampOptions(BaseModel):
         return value
 
 
-class EventOptions(BaseModel):
+class EventOptions(Described):
     """What each row becomes: its label, its metrics, and how rows are aggregated or split."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
     label_column: str = "label_key"
     """Column naming the device or place of each row (mapped into Miniviz's characters)."""
@@ -94,10 +95,10 @@ class EventOptions(BaseModel):
     the dead-letter file."""
 
 
-class PacingOptions(BaseModel):
+class PacingOptions(Described):
     """How fast events are sent, and how much is read and sent at a time."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
     data_interval_seconds: float = Field(-1, ge=-1, le=86400)
     """Seconds between events, 0 to 86400. -1: the block's setting, or the plan's documented interval (Pro 15
@@ -114,10 +115,10 @@ class PacingOptions(BaseModel):
     """Rows read and transformed at a time (memory), 100 to 1000000; part of the resume key when resampling."""
 
 
-class OutputOptions(BaseModel):
+class OutputOptions(Described):
     """Where progress, the report and the rejected rows go (local paths or s3://)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
     journal: str = ""
     """Where progress is journaled, a file or an s3://bucket/prefix/. Empty: a file under the state root's

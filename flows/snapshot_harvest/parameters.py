@@ -14,16 +14,17 @@ from clients.miniviz import MAX_IMAGE_BYTES
 from flows.snapshot_harvest.keys import DEFAULT_KEY_LAYOUT, check_key_layout, snapshot_key
 from flows.snapshot_harvest.labels import check_label_prefix
 from flows.snapshot_harvest.rows import name_matcher
+from tasks.described import Described
 from tasks.state import StateRoot, state_root_field
 from tasks.storage import check_key
 
 FLOW_NAME = "snapshot-harvest"
 
 
-class CameraFilter(BaseModel):
+class CameraFilter(Described):
     """Which cameras to harvest. Every filter left empty: every camera the account sees."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
     groups: list[str] = Field(default_factory=list)
     """VizioSense groups to harvest (one device listing per group). Empty: every group."""
@@ -40,10 +41,10 @@ class CameraFilter(BaseModel):
     listed offline too (their status may be stale; a refusal is then a failure)."""
 
 
-class S3Layout(BaseModel):
+class S3Layout(Described):
     """Where the originals go in the S3 Bucket block's bucket (after the block's folder, if any)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
     prefix: str = "snapshots"
     """First part of every key, the {prefix} of key_layout."""
@@ -53,10 +54,10 @@ class S3Layout(BaseModel):
     annotated). It must contain the camera, {timestamp} and {kind}."""
 
 
-class MinivizPush(BaseModel):
+class MinivizPush(Described):
     """What goes to Miniviz (when a Miniviz block is given): a fitted image and a data event per camera."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
     push_kind: Literal["annotated", "raw"] = "annotated"
     """Which image is pushed (the other one if it could not be downloaded)."""
@@ -75,10 +76,10 @@ class MinivizPush(BaseModel):
     run. With the project's limit off they all go out at once."""
 
 
-class Timing(BaseModel):
+class Timing(Described):
     """How long to wait for the cameras' images."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
     ready_after_seconds: float = Field(20.0, ge=0, le=600)
     """Seconds to wait after a request before fetching, 0 to 600 (documented: at least 20)."""
@@ -89,10 +90,10 @@ class Timing(BaseModel):
     links' 30 min (1800 s) validity."""
 
 
-class Performance(BaseModel):
+class Performance(Described):
     """Concurrency; the defaults suit a fleet of a few thousand cameras."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
     concurrency: int = Field(16, ge=1, le=256)
     """VizioSense requests and downloads in flight, 1 to 256 (also bounds images in memory)."""
@@ -108,10 +109,10 @@ class Performance(BaseModel):
     needed (an upload the fast path could not make)."""
 
 
-class Outputs(BaseModel):
+class Outputs(Described):
     """Where the report and the pacing state are written."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid")
 
     report: str = ""
     """Report file (.csv or .parquet; local path or s3://bucket/key). Empty:
