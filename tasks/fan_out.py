@@ -20,19 +20,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import to_jsonable_python
 
 from clients.errors import InputError
-from tasks.described import Described
 from tasks.state import Location, StateRoot
 from tasks.tables import iter_table_chunks
 
 POLL_SECONDS = 1.0  # how often the parent looks at its shards' states
 
 
-class ShardRange(Described):
+class ShardRange(BaseModel):
     """Which part of the input one shard takes: rows from first_row up to (not including) stop_row, or keys
     (S3 keys, camera ids, file names) from first_key up to stop_key; an empty or 0 end is open. Set by the
     parent on each shard: leave it empty."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     number: int = Field(0, ge=0)
     """This shard's number, from 1 (0: not a shard)."""
@@ -59,10 +58,10 @@ class ShardRange(Described):
         return f"shard {self.number} of {self.of}"
 
 
-class FanOut(Described):
+class FanOut(BaseModel):
     """Splitting a big job over the work pool's workers."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     shard_size: int = Field(0, ge=0, le=10_000_000)
     """Items per shard. A bigger job runs as shards, each a child flow run of the shard deployment on the

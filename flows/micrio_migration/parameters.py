@@ -8,26 +8,25 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.described import Described
 from tasks.state import state_root_field
 
 
-class ExistingFolder(Described):
+class ExistingFolder(BaseModel):
     """Add the images to a folder that exists."""
 
-    model_config = ConfigDict(title="Existing folder", extra="forbid")
+    model_config = ConfigDict(title="Existing folder", extra="forbid", use_attribute_docstrings=True)
 
     kind: Literal["existing"] = "existing"
     folder_id: str = Field(min_length=6, max_length=6)
     """Id of the Micrio folder, 6 characters (e.g. dmRoot)."""
 
 
-class NewFolder(Described):
+class NewFolder(BaseModel):
     """Create a folder, album or space once, and add the images to it (a re-run reuses it)."""
 
-    model_config = ConfigDict(title="New folder", extra="forbid")
+    model_config = ConfigDict(title="New folder", extra="forbid", use_attribute_docstrings=True)
 
     kind: Literal["new"] = "new"
     parent_id: str = Field(min_length=6, max_length=6)
@@ -38,8 +37,10 @@ class NewFolder(Described):
     """What to create: a folder, an album, or a space (360 tour container)."""
 
 
-class AddingOptions(Described):
+class AddingOptions(BaseModel):
     """How images are sent to Micrio."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     batch_size: int = Field(100, ge=1, le=1000)
     """Images per images/add call, 1 to 1000. At most one batch can be added twice after a crash."""
@@ -50,8 +51,10 @@ class AddingOptions(Described):
     """Validity of the presigned URLs Micrio downloads S3 objects with, in hours, up to 168 (7 days)."""
 
 
-class PollingOptions(Described):
+class PollingOptions(BaseModel):
     """How the tiling is followed."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     initial_seconds: float = Field(2.0, gt=0, le=600)
     """First wait between status rounds in seconds, up to 600; it grows while nothing changes."""
@@ -62,8 +65,10 @@ class PollingOptions(Described):
     flight) and a re-run picks them up."""
 
 
-class OutputOptions(Described):
+class OutputOptions(BaseModel):
     """Where the report and the journal go (local paths or s3:// URIs)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     report: str = ""
     """Report, .csv or .parquet. Empty: reports/micrio-migration-{UTC time}.csv (under the state root, if set)."""
@@ -74,8 +79,10 @@ class OutputOptions(Described):
     state_root: str = state_root_field()
 
 
-class MigrationSummary(Described):
+class MigrationSummary(BaseModel):
     """What a run did: item counts by outcome, and where the report and journal are."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     folder_id: str | None
     read_as: str

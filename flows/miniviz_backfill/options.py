@@ -6,9 +6,8 @@ import datetime as dt
 from typing import Any
 
 import pandas as pd
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasks.described import Described
 from tasks.state import state_root_field
 
 from .spec import (
@@ -23,10 +22,10 @@ from .spec import (
 )
 
 
-class CsvOptions(Described):
+class CsvOptions(BaseModel):
     """How CSV files are read (Parquet and JSON Lines carry their own types)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     sep: Separator = "auto"
     """Column separator. auto: detected from the start of each file (a comma when it cannot tell)."""
@@ -37,10 +36,10 @@ class CsvOptions(Described):
     """Decimal mark of numbers. auto: a comma when the separator is a semicolon (12,8), else a point."""
 
 
-class TimestampOptions(Described):
+class TimestampOptions(BaseModel):
     """Which column holds the time of each row, and how to read it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     column: str = Field("timestamp", min_length=1)
     """Column holding the time of each row."""
@@ -72,10 +71,10 @@ class TimestampOptions(Described):
         return value
 
 
-class EventOptions(Described):
+class EventOptions(BaseModel):
     """What each row becomes: its label, its metrics, and how rows are aggregated or split."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     label_column: str = "label_key"
     """Column naming the device or place of each row (mapped into Miniviz's characters)."""
@@ -95,10 +94,10 @@ class EventOptions(Described):
     the dead-letter file."""
 
 
-class PacingOptions(Described):
+class PacingOptions(BaseModel):
     """How fast events are sent, and how much is read and sent at a time."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     data_interval_seconds: float = Field(-1, ge=-1, le=86400)
     """Seconds between events, 0 to 86400. -1: the block's setting, or the plan's documented interval (Pro 15
@@ -115,10 +114,10 @@ class PacingOptions(Described):
     """Rows read and transformed at a time (memory), 100 to 1000000; part of the resume key when resampling."""
 
 
-class OutputOptions(Described):
+class OutputOptions(BaseModel):
     """Where progress, the report and the rejected rows go (local paths or s3://)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     journal: str = ""
     """Where progress is journaled, a file or an s3://bucket/prefix/. Empty: a file under the state root's

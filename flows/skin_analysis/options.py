@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from clients.haut import FS3_TECH_NAME, FSM2_TECH_NAME, MIN_IMAGE_SIDE
-from tasks.described import Described
 from tasks.state import state_root_field
 
 
-class AnalysisOptions(Described):
+class AnalysisOptions(BaseModel):
     """Which Haut dataset, API and applications."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     dataset_name: str = Field("skin-analysis", min_length=1, max_length=512)
     """Haut dataset to use, found by name or created (one per study, not per run); 1 to 512 characters."""
@@ -28,8 +29,10 @@ class AnalysisOptions(Described):
         return self.applications or [FSM2_TECH_NAME if self.api_version == "v1" else FS3_TECH_NAME]
 
 
-class UploadOptions(Described):
+class UploadOptions(BaseModel):
     """How images are prepared and sent."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     max_side: int = Field(0, ge=0, le=20000, title="Longest side (px)")
     """Shrink images whose longer side exceeds this many pixels before upload, 256 to 20000. 0: send them at
@@ -49,8 +52,10 @@ class UploadOptions(Described):
         return value
 
 
-class PollingOptions(Described):
+class PollingOptions(BaseModel):
     """When results are asked for; 0 takes the Haut block's setting."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     initial_delay: float = Field(0, ge=0, le=3600, title="First poll after (s)")
     """Seconds from sending an analysis to its first results poll, 0 to 3600; waits grow 1.5 times after each
@@ -62,8 +67,10 @@ class PollingOptions(Described):
     re-run. 0: the block's (300 s)."""
 
 
-class PrivacyOptions(Described):
+class PrivacyOptions(BaseModel):
     """Personal data in the reports, and photos kept in Haut. Logs and artifacts never carry names or paths."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     include_file_names: bool = False
     """Add an image column to the reports: the file name relative to the source folder or prefix, or as
@@ -76,8 +83,10 @@ class PrivacyOptions(Described):
     records and results stay)."""
 
 
-class OutputOptions(Described):
+class OutputOptions(BaseModel):
     """Where the reports and the journal go (local paths or s3:// URIs)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     report: str = ""
     """Per-image report, .csv or .parquet. Empty: reports/skin-analysis-{UTC time}.csv (under the state root,
@@ -91,8 +100,10 @@ class OutputOptions(Described):
     state_root: str = state_root_field()
 
 
-class SkinAnalysisSummary(Described):
+class SkinAnalysisSummary(BaseModel):
     """What a run did: image and analysis counts, and where the reports and the journal are."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     api_version: str
     dataset_id: str

@@ -14,17 +14,16 @@ from clients.miniviz import MAX_IMAGE_BYTES
 from flows.snapshot_harvest.keys import DEFAULT_KEY_LAYOUT, check_key_layout, snapshot_key
 from flows.snapshot_harvest.labels import check_label_prefix
 from flows.snapshot_harvest.rows import name_matcher
-from tasks.described import Described
 from tasks.state import StateRoot, state_root_field
 from tasks.storage import check_key
 
 FLOW_NAME = "snapshot-harvest"
 
 
-class CameraFilter(Described):
+class CameraFilter(BaseModel):
     """Which cameras to harvest. Every filter left empty: every camera the account sees."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     groups: list[str] = Field(default_factory=list)
     """VizioSense groups to harvest (one device listing per group). Empty: every group."""
@@ -41,10 +40,10 @@ class CameraFilter(Described):
     listed offline too (their status may be stale; a refusal is then a failure)."""
 
 
-class S3Layout(Described):
+class S3Layout(BaseModel):
     """Where the originals go in the S3 Bucket block's bucket (after the block's folder, if any)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     prefix: str = "snapshots"
     """First part of every key, the {prefix} of key_layout."""
@@ -54,10 +53,10 @@ class S3Layout(Described):
     annotated). It must contain the camera, {timestamp} and {kind}."""
 
 
-class MinivizPush(Described):
+class MinivizPush(BaseModel):
     """What goes to Miniviz (when a Miniviz block is given): a fitted image and a data event per camera."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     push_kind: Literal["annotated", "raw"] = "annotated"
     """Which image is pushed (the other one if it could not be downloaded)."""
@@ -76,10 +75,10 @@ class MinivizPush(Described):
     run. With the project's limit off they all go out at once."""
 
 
-class Timing(Described):
+class Timing(BaseModel):
     """How long to wait for the cameras' images."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     ready_after_seconds: float = Field(20.0, ge=0, le=600)
     """Seconds to wait after a request before fetching, 0 to 600 (documented: at least 20)."""
@@ -90,10 +89,10 @@ class Timing(Described):
     links' 30 min (1800 s) validity."""
 
 
-class Performance(Described):
+class Performance(BaseModel):
     """Concurrency; the defaults suit a fleet of a few thousand cameras."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     concurrency: int = Field(16, ge=1, le=256)
     """VizioSense requests and downloads in flight, 1 to 256 (also bounds images in memory)."""
@@ -109,10 +108,10 @@ class Performance(Described):
     needed (an upload the fast path could not make)."""
 
 
-class Outputs(Described):
+class Outputs(BaseModel):
     """Where the report and the pacing state are written."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     report: str = ""
     """Report file (.csv or .parquet; local path or s3://bucket/key). Empty:
