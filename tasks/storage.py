@@ -25,18 +25,20 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect_aws.credentials import AwsCredentials, MinIOCredentials
-from prefect_aws.s3 import S3Bucket
 
 from blocks.base import load_block
 from clients.errors import InputError, NotFoundError
 from clients.redaction import redact
+
+if TYPE_CHECKING:
+    from prefect_aws.credentials import AwsCredentials, MinIOCredentials
+    from prefect_aws.s3 import S3Bucket
 
 MAX_KEY_BYTES = 1024  # S3 object key limit (UTF-8)
 MAX_METADATA_BYTES = 2048  # S3 user-defined metadata limit (keys + values)
@@ -66,7 +68,16 @@ class BucketRef:
     credentials: Any = field(default=None, repr=False, compare=False)
 
 
-Bucket = S3Bucket | BucketRef
+Bucket: TypeAlias = "S3Bucket | BucketRef"
+
+
+def _aws_blocks() -> tuple[type[S3Bucket], type[AwsCredentials], type[MinIOCredentials]]:
+    """prefect-aws's block classes, imported when a block is first met: the package (its ECS worker,
+    aiobotocore, docker) adds about 16 MB to a process, which flows without S3 should not carry."""
+    from prefect_aws.credentials import AwsCredentials, MinIOCredentials
+    from prefect_aws.s3 import S3Bucket
+
+    return S3Bucket, AwsCredentials, MinIOCredentials
 
 
 @dataclass
@@ -111,8 +122,7 @@ async def s3_client_for(
     account, or none, without a word.
     """
     if bucket_block:
-        block = await load_block(S3Bucket, bucket_block) if isinstance(bucket_block, str) else bucket_block
-        return s3_client_from_block(block)
+        return (await load_bucket(bucket_block)).client
     if s3_location := next((x for x in locations if x and x.startswith("s3://")), None):
         raise InputError(
             parameter,
@@ -122,16 +132,24 @@ async def s3_client_for(
     return None
 
 
+async def load_bucket(bucket_block: str | S3Bucket) -> BucketRef:
+    """The bucket of an ``S3Bucket`` block, given as a saved name or as the block."""
+    if isinstance(bucket_block, str):
+        bucket_block = await load_block(_aws_blocks()[0], bucket_block)
+    return bucket_ref(bucket_block)
+
+
 def resolve_s3_client(source: Any) -> Any:
     """A boto3 S3 client from a client, an ``S3Bucket`` block or an ``AwsCredentials``/``MinIOCredentials`` block."""
-    if isinstance(source, S3Bucket):
-        return s3_client_from_block(source)
-    if isinstance(source, AwsCredentials | MinIOCredentials):
-        return source.get_s3_client()
     if isinstance(source, BucketRef):
         return source.client
     if hasattr(source, "get_object") and hasattr(source, "list_objects_v2"):
         return source
+    s3_bucket, aws_credentials, minio_credentials = _aws_blocks()
+    if isinstance(source, s3_bucket):
+        return s3_client_from_block(source)
+    if isinstance(source, aws_credentials | minio_credentials):
+        return source.get_s3_client()
     raise TypeError(
         f"expected a boto3 S3 client, an S3Bucket or AWS credentials block, got {type(source).__name__}"
     )
@@ -141,7 +159,7 @@ def bucket_ref(bucket: Bucket) -> BucketRef:
     """Normalise an ``S3Bucket`` block or a ``BucketRef`` to a ``BucketRef``."""
     if isinstance(bucket, BucketRef):
         return bucket
-    if isinstance(bucket, S3Bucket):
+    if isinstance(bucket, _aws_blocks()[0]):
         folder = check_key((bucket.bucket_folder or "").strip("/"), field="bucket_folder", allow_empty=True)
         client, credentials = _client_and_credentials(bucket.credentials)
         return BucketRef(client, bucket.bucket_name, folder, credentials)

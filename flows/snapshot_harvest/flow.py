@@ -58,7 +58,6 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect_aws import S3Bucket
 
 from blocks.base import load_block
 from blocks.miniviz import MinivizCredentials
@@ -89,7 +88,7 @@ from tasks.fan_out import FanOut
 from tasks.reports import Progress
 from tasks.run_state import OUTCOMES, finish
 from tasks.state import StateRoot
-from tasks.storage import bucket_ref
+from tasks.storage import load_bucket
 from tasks.viziosense import list_viziosense_devices
 
 
@@ -129,7 +128,7 @@ async def harvest_snapshots(
     logger, stages, shard = get_run_logger(), Stages(), fan_out.shard
     check_parameters(cameras, s3_layout, miniviz_push, timing)  # before anything is asked of a camera
     viziosense = await load_block(VizioSenseCredentials, viziosense_block)
-    bucket = bucket_ref(await load_block(S3Bucket, s3_bucket_block))
+    bucket = await load_bucket(s3_bucket_block)
     root = await StateRoot.current(outputs.state_root)
     root.check_local([outputs.report, outputs.state], "outputs")
     outputs = outputs.model_copy(update={"report": outputs.report or root.report(FLOW_NAME)})
