@@ -112,12 +112,13 @@ class SeenRows:
     values) is rejected as ``duplicate`` instead of stored twice by Miniviz.
 
     A sorted numpy array: 8 bytes a row (40 MB for 5M rows) where a Python set would take ten times that; each
-    chunk is merged in linear time (a stable sort of two sorted runs). A 64-bit digest collision (about 1 in
+    chunk is merged in place in linear time (a stable sort of two sorted runs). A 64-bit digest collision (about 1 in
     10^6 for a 5M-row file) rejects a row as a duplicate: visible in the dead letters, never lost silently.
     """
 
     def __init__(self) -> None:
-        self._sorted = np.empty(0, dtype=np.uint64)
+        self._digests = np.empty(0, dtype=np.uint64)  # sorted up to _count, then room to grow
+        self._count = 0
 
     def repeats(
         self, labels: np.ndarray, ts: np.ndarray, columns: list[list[Any]], at: np.ndarray
@@ -141,13 +142,22 @@ class SeenRows:
         unique, first = np.unique(digests, return_index=True)
         repeat = np.ones(len(at), dtype=bool)
         repeat[first] = False
-        if len(self._sorted):
-            where = np.minimum(np.searchsorted(self._sorted, digests), len(self._sorted) - 1)
-            repeat |= self._sorted[where] == digests
-        merged = np.concatenate([self._sorted, unique])
-        merged.sort(kind="stable")  # in place: two sorted runs merge in linear time
-        self._sorted = merged
+        if self._count:
+            seen = self._digests[: self._count]
+            repeat |= seen[np.minimum(np.searchsorted(seen, digests), self._count - 1)] == digests
+            del seen  # a view: the array may move below
+        self._add(unique)
         return repeat
+
+    def _add(self, unique: np.ndarray) -> None:
+        """Merge sorted ``unique`` in place. Growing by an eighth through ``realloc`` (a large block is remapped,
+        not copied) keeps one array resident, where concatenating held the old and the new one at once."""
+        need = self._count + len(unique)
+        if need > len(self._digests):
+            self._digests.resize(max(need + need // 8, 4096), refcheck=False)
+        self._digests[self._count : need] = unique
+        self._digests[:need].sort(kind="stable")  # two sorted runs: one linear merge
+        self._count = need
 
 
 class FileTransform:

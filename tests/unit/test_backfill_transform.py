@@ -241,6 +241,17 @@ def test_exact_repeats_are_rejected_as_duplicates_whatever_the_chunking(chunk_ro
     assert [(r.row, r.reason) for r in result.rejections] == [(1, "duplicate"), (5, "duplicate")]
 
 
+def test_repeats_are_found_across_many_chunks_as_the_seen_rows_grow():
+    # 12,000 distinct rows, then every 7th of them again: the seen-row array grows several times in between
+    n = 12_000
+    first = pd.DataFrame({"timestamp": T0 + np.arange(n) * MIN, "label_key": "s1", "t": np.arange(n) % 13})
+    again = first.iloc[::7]
+    result = transform_frame(pd.concat([first, again], ignore_index=True), BackfillSpec(), chunk_rows=1_000)
+    assert len(result.events) == n
+    assert [r.row for r in result.rejections] == list(range(n, n + len(again)))
+    assert {r.reason for r in result.rejections} == {"duplicate"}
+
+
 def test_csv_text_cells_are_typed_per_value_not_per_chunk(tmp_path):
     path = tmp_path / "mixed.csv"
     pd.DataFrame(
