@@ -22,6 +22,7 @@ from tasks.micrio import add_micrio_batch, await_micrio_progress, create_micrio_
 from tasks.reports import Progress
 
 MAX_ROUND_SECONDS = 60.0  # a poll returns at least this often, so the progress artifact keeps moving
+PROGRESS_EVERY_S = 5.0  # counting the finished images walks every item: not after every poll of a 100k run
 
 
 async def target_folder(
@@ -47,6 +48,8 @@ class Migration:
 
     Adding stops for the run when Micrio refuses a whole batch (``refused``); the images already added are
     still followed. Polling stops when Micrio cannot be reached past the client's retries (``unreachable``).
+    A batch or a poll costs its own images, not the whole list: a cursor walks the items once, the images to
+    add again and those in flight are kept apart.
     """
 
     def __init__(
@@ -69,6 +72,12 @@ class Migration:
         self.added_this_run = 0
         self.refused: str | None = None
         self.unreachable: str | None = None
+        self._cursor = 0  # items before it were taken into a batch, or did not need adding when passed
+        self._again: list[
+            Item
+        ] = []  # to add again: an images/add refused or lost, an error Micrio may not repeat
+        self._flying = {i.micrio_id: i for i in items if i.in_flight()}
+        self._progress_at = 0.0
 
     async def run(self, checking: Any, deadline: float) -> None:
         """Add the checked items batch by batch and poll what is in flight, until all are final, the deadline
@@ -83,20 +92,30 @@ class Migration:
                 await self.poll(deadline)
             else:
                 break
-        await self.update_progress()
+        await self.update_progress(force=True)
 
     def next_batch(self, all_checked: bool) -> list[Item] | None:
         """Up to a batch of checked items to add; None to wait for the content check (less than a batch is
         checked and more is coming); empty when nothing is left to add."""
         if self.refused:
             return []
-        pending = [i for i in self.items if i.checked and i.needs_add(self.max_attempts)]
-        if len(pending) < self.batch_size and not all_checked:
+        again = [i for i in self._again if i.needs_add(self.max_attempts)]
+        batch, cursor = again[: self.batch_size], self._cursor
+        while len(batch) < self.batch_size and cursor < len(self.items):
+            item = self.items[cursor]
+            if not item.checked and not all_checked:
+                break  # the content check goes in item order: the rest is not checked either
+            if item.checked and item.needs_add(self.max_attempts):
+                batch.append(item)
+            cursor += 1
+        if len(batch) < self.batch_size and not all_checked:
+            self._again = again
             return None
-        return pending[: self.batch_size]
+        self._again, self._cursor = again[len(batch) :], cursor
+        return batch
 
     def in_flight(self) -> list[Item]:
-        return [i for i in self.items if i.in_flight()]
+        return list(self._flying.values())
 
     async def add(self, batch: list[Item]) -> None:
         """One ``images/add`` call for ``batch``, journaled before (intent) and after (ids)."""
@@ -110,14 +129,17 @@ class Migration:
             if outcome.status == "added":
                 ids[item.key] = outcome.image_id
                 item.micrio_id, item.status, item.error = outcome.image_id, "queued", None
+                self._flying[item.micrio_id] = item
             elif outcome.status == "rejected":
                 item.rejected = outcome.error
             elif outcome.status == "failed":
                 failed[item.key] = outcome.error
                 item.attempts -= 1  # nothing was added
                 item.error = outcome.error
+                self._again.append(item)
             else:  # "unknown": the answer was lost after sending; added again, as after a crash
                 item.error = outcome.error
+                self._again.append(item)
         await self.journal.added(batch_no, ids, failed)
         await self.index.add({i.identity: i.micrio_id for i in batch if i.key in ids and i.identity})
         if failed and len(failed) == len(batch):
@@ -147,25 +169,29 @@ class Migration:
                 "polling stopped: %s; %d image(s) left in flight", self.unreachable, len(in_flight)
             )
             return
-        by_id = {i.micrio_id: i for i in in_flight}
         finals, gone = [], {}
         for image_id, status in report.statuses.items():
-            item = by_id[image_id]
+            item = self._flying[image_id]
             item.apply(status)
             if status.terminal:
-                finals.append(item)
+                finals.append(self._flying.pop(image_id))
                 if status.status == "error" and item.identity:
                     gone[item.identity] = image_id
         for image_id in report.missing:
-            item = by_id[image_id]
+            item = self._flying.pop(image_id)
             item.status, item.error = "error", "unknownToMicrio"
             item.width = item.height = item.thumbnail = None
             finals.append(item)
+        # next_batch keeps the ones with attempts left and an error Micrio may not repeat
+        self._again.extend(i for i in finals if i.status == "error")
         await self.journal.final(finals)
         await self.index.gone(gone)
         await self.update_progress()
 
-    async def update_progress(self) -> None:
+    async def update_progress(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._progress_at < PROGRESS_EVERY_S:
+            return
+        self._progress_at = time.monotonic()
         live = [i for i in self.items if not i.set_aside()]
         finished = sum(1 for i in live if i.finished(self.max_attempts))
         await self.progress.update(

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from clients.micrio import TRANSIENT_ERRORS, ImageStatus
 
 
-@dataclass
+@dataclass(slots=True)  # a 100k-image run holds 100k of them
 class Item:
     """One source. ``key`` identifies it in the journal (the manifest URL or the S3 object), ``url`` is sent,
     ``source`` is the source as given (echoed in the report), ``identity`` keys the per-folder index."""
