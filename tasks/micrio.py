@@ -186,15 +186,18 @@ async def await_micrio_progress(
     max_wait: float = 60.0,
     poll_initial: float = 2.0,
     poll_max: float = 15.0,
+    max_finished: int = 1000,
 ) -> ImageStatusReport:
-    """Wait until at least ``min_finished`` of ``image_ids`` have left processing, then return their statuses.
+    """Wait until at least ``min_finished`` of ``image_ids`` have left processing, then return their statuses
+    (at most ``max_finished`` of them: call again for the rest, which returns at once).
 
     Each round is ONE ``folder/status`` call (the cheap global view); ids no longer in ``processingIds``
     have finished, and only those are asked about with ``image/status`` (≤ 100 ids a call), once each. So
     a migration costs about one status call per 100 images plus one per round. Rounds back off from
     ``poll_initial`` to ``poll_max`` seconds while nothing changes. Returns after ``max_wait`` seconds with
     whatever finished (possibly nothing), so the flow can report progress. ``report.missing`` lists the
-    finished ids Micrio does not know.
+    finished ids Micrio does not know. The cap keeps a call's answer small when a whole archive finished
+    while the caller was busy adding (a 10k-image migration's first call returned 9,900 statuses).
 
     Example:
         ```python
@@ -204,8 +207,9 @@ async def await_micrio_progress(
     """
     # The whole wait runs on the session's loop: no hop between threads per call.
     return await _call(
-        credentials, _await_progress, folder_id, image_ids, min_finished, max_wait, poll_initial, poll_max
-    )
+        credentials, _await_progress, folder_id, image_ids, min_finished, max_wait, poll_initial, poll_max,
+        max_finished,
+    )  # fmt: skip
 
 
 async def _await_progress(
@@ -216,6 +220,7 @@ async def _await_progress(
     max_wait: float,
     poll_initial: float,
     poll_max: float,
+    max_finished: int,
 ) -> ImageStatusReport:
     wanted = set(image_ids)
     needed = max(1, min(min_finished, len(wanted)))
@@ -234,4 +239,4 @@ async def _await_progress(
             return ImageStatusReport()
         interval = poll_initial if newly else min(poll_max, interval * 1.5)
         await clock.sleep(interval)
-    return await client.image_status([i for i in image_ids if i in finished])
+    return await client.image_status([i for i in image_ids if i in finished][: max(1, max_finished)])

@@ -16,7 +16,7 @@ from typing import Any
 
 from flows.micrio_migration.items import Item
 from flows.micrio_migration.parameters import MigrationSummary
-from flows.micrio_migration.report import outcome_totals, report_row, write_report
+from flows.micrio_migration.report import outcome_totals, report_frame, report_row, write_report
 from flows.micrio_migration.sources import Sources
 from tasks.fan_out import FanOut, ShardRange, ShardRun, fan_out_job, key_ranges, row_ranges, shard_problems
 from tasks.state import StateRoot
@@ -52,15 +52,17 @@ async def migrate_in_shards(
     what = f"{len(items)} sources"
     runs = await fan_out_job(FLOW, ranges, fan_out, root, s3, logger, what, {"journal": ""}, target=target)
     rows, problems = _gather(sources, runs)
+    frame = report_frame(rows)
+    del rows
     in_flight = sum(r.summary.get("in_flight", 0) for r in runs)
     resumed = sum(1 for r in runs if r.summary.get("resumed") or r.runs > 1)
     figures = {key: sum(r.summary.get(key, 0) for r in runs) for key in ("added_this_run", "already_added")}
     summary = MigrationSummary(
         folder_id=folder_id, read_as=sources.read_as, problems=[*sources.problems, *problems], report=report,
-        journal=journal, in_flight=in_flight, **figures, **outcome_totals(rows, in_flight),
+        journal=journal, in_flight=in_flight, **figures, **outcome_totals(frame, in_flight),
         resumed=f"{resumed} of {len(runs)} shards resumed from their journals" if resumed else "",
     )  # fmt: skip
-    return await write_report(rows, summary, s3)
+    return await write_report(frame, summary, s3)
 
 
 def _gather(sources: Sources, runs: list[ShardRun]) -> tuple[list[dict[str, Any]], list[str]]:

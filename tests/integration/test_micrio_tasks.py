@@ -99,6 +99,20 @@ async def test_add_batch_reports_every_source_and_await_progress_follows_them_to
     assert requests["POST /v2/image/status"] == 1  # only the finished ones, once, in one call
 
 
+async def test_await_progress_returns_at_most_max_finished_and_the_rest_on_the_next_call(micrio, urls):
+    svc, block, root = micrio
+    added = await add_micrio_images.fn(block, root, [urls[k] for k in ("a.jpg", "b.jpg", "c.jpg")])
+    ids = [a.id for a in added]
+
+    first = await await_micrio_progress.fn(
+        block, root, ids, min_finished=3, max_wait=30, max_finished=2, **FAST
+    )
+    rest = [i for i in ids if i not in first.statuses]
+    second = await await_micrio_progress.fn(block, root, rest, max_wait=30, max_finished=2, **FAST)
+    assert list(first.statuses) == ids[:2] and list(second.statuses) == ids[2:]
+    assert {s.status for s in [*first.statuses.values(), *second.statuses.values()]} == {"ready"}
+
+
 async def test_await_progress_returns_what_finished_when_max_wait_is_over(micrio, urls):
     svc, block, root = micrio
     slow = {"downloading": 0.5, "processing": 1.0, "tiling": 1000.0, "storing": 0.5}  # 10 s real tiling
