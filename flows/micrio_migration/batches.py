@@ -73,9 +73,8 @@ class Migration:
         self.refused: str | None = None
         self.unreachable: str | None = None
         self._cursor = 0  # items before it were taken into a batch, or did not need adding when passed
-        self._again: list[
-            Item
-        ] = []  # to add again: an images/add refused or lost, an error Micrio may not repeat
+        # to add again: an images/add refused or lost, an error Micrio may not repeat
+        self._again: list[Item] = []
         self._flying = {i.micrio_id: i for i in items if i.in_flight()}
         self._progress_at = 0.0
 
