@@ -111,10 +111,19 @@ def flow_run_named(server: UiServer, run_name: str) -> dict | None:
     return found[0] if found else None
 
 
-def wait_submitted(page: Any, server: UiServer, run_name: str, timeout: float = 30) -> dict:
-    """The flow run the form created (the UI then shows the deployment or a toast, depending on the page)."""
-    deadline = time.monotonic() + timeout
+def submit(page: Any, server: UiServer, run_name: str, timeout: float = 30) -> dict:
+    """Click Submit; the flow run the form created (the UI then shows the deployment or a toast, depending on
+    the page). On a loaded machine a click can land while the form is still re-rendering and go unheard
+    (seen once in CI: no run, the form still open, no error shown): if no run exists after a third of the
+    timeout and the form is still there, Submit is clicked once more."""
+    button = page.get_by_role("button", name="Submit")
+    button.click()
+    deadline, again = time.monotonic() + timeout, time.monotonic() + timeout / 3
     while not (run := flow_run_named(server, run_name)):
+        if again and time.monotonic() > again:
+            again = 0.0
+            if button.count() and not flow_run_named(server, run_name):
+                button.click()
         if time.monotonic() > deadline:
             errors = [
                 line for line in page.inner_text("body").splitlines() if "rror" in line or "alid" in line
@@ -281,9 +290,7 @@ def test_run_submitted_from_the_form_completes(stack, prefect_ui_server, browser
     fill(page, "source", source)
     fill(page, "Report", str(report))
     form_property(page, "dry_run").first.locator("input[type=checkbox]").check(force=True)
-    page.get_by_role("button", name="Submit").click()
-
-    submitted = wait_submitted(page, prefect_ui_server, run_name)
+    submitted = submit(page, prefect_ui_server, run_name)
     assert submitted["parameters"]["source"] == source
     run = wait_final(prefect_ui_server, submitted["id"])
     assert run["state"]["type"] == "COMPLETED", f"{run['state']}\n{worker_log.read_text()[-3000:]}"
