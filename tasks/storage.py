@@ -73,7 +73,7 @@ Bucket: TypeAlias = "S3Bucket | BucketRef"
 
 def _aws_blocks() -> tuple[type[S3Bucket], type[AwsCredentials], type[MinIOCredentials]]:
     """prefect-aws's block classes, imported when a block is first met: the package (its ECS worker,
-    aiobotocore, docker) adds about 16 MB to a process, which flows without S3 should not carry."""
+    aiobotocore, docker) adds about 14 MB to a process, which flows without S3 should not carry."""
     from prefect_aws.credentials import AwsCredentials, MinIOCredentials
     from prefect_aws.s3 import S3Bucket
 

@@ -255,7 +255,9 @@ def test_a_key_range_is_listed_from_its_first_key_and_stops_at_its_end(raw_clien
     for key in keys:
         raw_client.put_object(Bucket=bucket_name, Key=f"harvest/{key}", Body=b"x")
     calls = []
-    raw_client.meta.events.register("before-parameter-build.s3.ListObjectsV2", lambda params, **_: calls.append(params))
+    raw_client.meta.events.register(
+        "before-parameter-build.s3.ListObjectsV2", lambda params, **_: calls.append(params)
+    )
     try:
         ref = BucketRef(raw_client, bucket_name, "harvest")
         listed = list_objects(ref, "range/", first_key="range/img-1000.jpg", stop_key="range/img-1500.jpg")
