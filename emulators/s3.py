@@ -88,7 +88,9 @@ def serve_s3(sock: socket.socket, host: str, config: dict[str, Any]) -> None:
     from werkzeug.serving import make_server
 
     from .registry import ready_line
+    from .s3_listing import install as install_paged_listing
 
+    install_paged_listing()  # list pages in time independent of the bucket's size, as S3's
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log lines on stderr
     port = sock.getsockname()[1]
     url = f"http://{host}:{port}"
