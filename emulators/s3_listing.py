@@ -53,8 +53,10 @@ def install() -> None:
 
 def _bumping(method: Any) -> Any:
     def changed(self: Any, *args: Any, **kwargs: Any) -> Any:
-        self.__dict__["_generation"] = self.__dict__.get("_generation", 0) + 1
-        return method(self, *args, **kwargs)
+        try:
+            return method(self, *args, **kwargs)
+        finally:  # after the change: a listing built meanwhile was stored under the old generation
+            self.__dict__["_generation"] = self.__dict__.get("_generation", 0) + 1
 
     changed.__name__ = getattr(method, "__name__", "changed")
     return changed
