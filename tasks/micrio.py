@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from blocks.micrio import MicrioCredentials
@@ -177,7 +178,7 @@ async def add_micrio_batch(
     return [o for o in outcomes if o is not None]
 
 
-@task(name="micrio-await-progress")
+@task(name="micrio-await-progress", cache_policy=NO_CACHE)  # a poll is never answered from a cache
 async def await_micrio_progress(
     credentials: Credentials,
     folder_id: str,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from prefect.utilities.annotations import quote
+
 from blocks.micrio import MicrioCredentials
 from clients.errors import ApiError
 from flows.micrio_migration.folder_index import FolderIndex
@@ -156,7 +158,8 @@ class Migration:
             report = await await_micrio_progress(
                 self.credentials,
                 self.folder_id,
-                [i.micrio_id for i in in_flight],
+                # quote: Prefect would otherwise walk every id (tens of thousands at the end) on each call
+                quote([i.micrio_id for i in in_flight]),
                 min_finished=self.batch_size,
                 max_wait=min(MAX_ROUND_SECONDS, max(1.0, deadline - time.monotonic())),
                 poll_initial=self.polling.initial_seconds,
