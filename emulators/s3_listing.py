@@ -41,8 +41,9 @@ def install() -> None:
         after = self._pagination_tokens.get(continuation_token) if continuation_token else start_after
         if not isinstance(bucket.keys, _VersionedKeyStore) or (continuation_token and after is None):
             return moto_list_v2(self, *args)
-        names, entries = _sorted_listing(self, bucket, prefix, delimiter)
-        start = bisect_right(names, after) if after else 0  # moto: the entries whose name is > the token
+        entries = _sorted_listing(self, bucket, prefix, delimiter)
+        # moto: the entries whose name is > the token
+        start = bisect_right(entries, after, key=self._get_name) if after else 0
         # one entry more than a page tells moto's truncation whether another page follows
         return self._truncate_result(entries[start : start + max_keys + 1], max_keys)
 
@@ -62,18 +63,15 @@ def _bumping(method: Any) -> Any:
     return changed
 
 
-def _sorted_listing(
-    backend: Any, bucket: Any, prefix: str | None, delimiter: str | None
-) -> tuple[list, list]:
-    """(names, entries) of every key and common prefix under ``prefix``, sorted by name, as moto builds them."""
+def _sorted_listing(backend: Any, bucket: Any, prefix: str | None, delimiter: str | None) -> list:
+    """Every key and common prefix under ``prefix``, sorted by name, as moto builds them."""
     store = bucket.keys
     generation = store.__dict__.get("_generation", 0)  # read first: a write while building misses next time
     cache = store.__dict__.setdefault("_listings", {})
     hit = cache.get((prefix, delimiter))
     if hit is not None and hit[0] == generation:
-        return hit[1], hit[2]
+        return hit[1]
     keys, folders, _, _ = backend.list_objects(bucket, prefix, delimiter, marker=None, max_keys=None)
     entries = sorted([*keys, *folders], key=backend._get_name)
-    names = [backend._get_name(e) for e in entries]
-    cache[(prefix, delimiter)] = (generation, names, entries)
-    return names, entries
+    cache[(prefix, delimiter)] = (generation, entries)
+    return entries
