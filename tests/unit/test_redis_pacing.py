@@ -17,6 +17,9 @@ from tests.reliability.prefect_stack import REDIS_HOST, REDIS_PORT, require_serv
 from tests.unit.test_shared_pacing import CALLS, _too_close, _two_processes
 
 URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+# A moment shared through Redis is never early, but it can come out late by the round trips that carried it
+# (Redis reads its clock after ours; the stored value is rounded to the microsecond).
+ROUND_TRIP = 0.05
 
 
 @pytest.fixture
@@ -39,7 +42,7 @@ async def test_a_push_back_and_a_call_in_flight_reach_every_pacer_of_the_limit(k
     async with first.slot():
         assert 14 < second.wait_time() <= 15  # its answer, still to come, starts the interval
     first.push_back(30)
-    assert 29 < second.wait_time() <= 30 and other.wait_time() == 0
+    assert 29 < second.wait_time() <= 30 + ROUND_TRIP and other.wait_time() == 0
 
 
 async def test_a_dead_holder_lets_go_when_its_lock_expires(key, monkeypatch):
@@ -59,4 +62,4 @@ def test_miniviz_clients_pace_through_redis_when_the_url_is_set(monkeypatch, key
     a, b = (MinivizClient(key, "token", "http://miniviz.test") for _ in range(2))
     assert isinstance(a.data_pacer.shared, RedisSlot)
     a.data_pacer.push_back(10)
-    assert 9 < b.data_pacer.wait_time() <= 10
+    assert 9 < b.data_pacer.wait_time() <= 10 + ROUND_TRIP
