@@ -6,12 +6,18 @@ that prefix (100 pages) took ~25 s where S3 takes a few. Benchmarks of big jobs 
 keeps each (prefix, delimiter) listing of a bucket, sorted, until the bucket changes (every write to moto's
 key store bumps a counter), so the next page is a binary search and a slice. Answers are moto's own: a
 cache miss, or anything unusual (an unknown continuation token, a table bucket), goes through moto's code.
+
+moto then spent most of a page's time writing it: its generic serializer walks the response model for every
+key and re-parses each LastModified string with dateutil (0.2 s a page of 1,000 keys). ``render_listing``
+writes the same bytes straight from the result (the tests compare them with moto's), 10x faster.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
+from datetime import datetime
 from typing import Any
+from xml.sax.saxutils import escape
 
 # The key store's methods that change which keys (or versions) a bucket holds.
 _MUTATORS = ("__setitem__", "__delitem__", "setlist", "pop", "popitem", "clear", "update", "setdefault")
@@ -50,6 +56,71 @@ def install() -> None:
     S3Backend.list_objects_v2 = list_objects_v2
     S3Backend.moto_list_objects_v2 = moto_list_v2  # moto's own, for comparison
     S3Backend._paged_listing = True
+    _install_rendering()
+
+
+# --- writing a page --------------------------------------------------------------------------------------
+
+_ROOT = '<?xml version="1.0" encoding="utf-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+
+
+def _install_rendering() -> None:
+    from moto.s3.responses import S3Response
+
+    moto_serialized = S3Response.serialized
+
+    def serialized(self: Any, action_result: Any) -> Any:
+        body = render_listing(action_result.result) if self.data.get("Action") == "ListObjectsV2" else None
+        if body is None:
+            return moto_serialized(self, action_result)
+        # moto's headers for the same answer: its serializer's Content-Type, then the response's own
+        return 200, {"Content-Type": "application/xml", **self.response_headers, "status": 200}, body
+
+    S3Response.serialized = serialized
+    S3Response.moto_serialized = moto_serialized  # moto's own, for comparison
+
+
+# What list_objects_v2 builds without fetch-owner, in the order of S3's response model (moto's serializer's).
+_OUTPUT_ORDER = ("IsTruncated", "Contents", "Name", "Prefix", "Delimiter", "MaxKeys", "CommonPrefixes",
+                 "EncodingType", "KeyCount", "ContinuationToken", "NextContinuationToken", "StartAfter")  # fmt: skip
+_OBJECT_ORDER = ("Key", "LastModified", "ETag", "ChecksumAlgorithm", "Size", "StorageClass")
+
+
+def render_listing(result: Any) -> str | None:
+    """A ListObjectsV2 result as moto's serializer writes it, or None when it holds anything else (an owner,
+    a member this does not know): moto then writes it."""
+    if not isinstance(result, dict) or not set(result) <= set(_OUTPUT_ORDER):
+        return None
+    parts = [_ROOT]
+    for name in _OUTPUT_ORDER:
+        value = result.get(name)
+        if value is None or value == []:
+            continue
+        if name == "Contents":
+            for obj in value:
+                if not set(obj) <= set(_OBJECT_ORDER):
+                    return None
+                parts.append("<Contents>")
+                parts += (_element(m, obj[m]) for m in _OBJECT_ORDER if obj.get(m) is not None)
+                parts.append("</Contents>")
+        elif name == "CommonPrefixes":
+            parts += (f"<CommonPrefixes>{_element('Prefix', p['Prefix'])}</CommonPrefixes>" for p in value)
+        else:
+            parts.append(_element(name, value))
+    parts.append("</ListBucketResult>")
+    return "".join(parts)
+
+
+def _element(name: str, value: Any) -> str:
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, list):  # ChecksumAlgorithm: a flattened list of strings
+        return "".join(_element(name, v) for v in value)
+    elif name == "LastModified":  # moto stores "...T18:37:48.000Z" and writes it with zeroed milliseconds
+        text = datetime.fromisoformat(value).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    else:
+        text = escape(str(value))
+    return f"<{name}>{text}</{name}>" if text else f"<{name}/>"
 
 
 def _bumping(method: Any) -> Any:

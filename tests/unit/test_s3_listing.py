@@ -65,3 +65,49 @@ def test_keys_written_or_deleted_between_pages_show_on_the_next_page(bucket):
     ]
     assert "a/01500.jpg" not in names and "a/01500a.jpg" in names and len(names) == 2330
     assert names == sorted(names)
+
+
+ODD_KEYS = ["a/plain.jpg", "a/x&y <z>.jpg", "a/\"q'.png", "a/é ü/ß.jpg", "a/sub/1.jpg", "a/sub/2.jpg", "b"]
+
+
+@pytest.mark.parametrize("url_encoded", [True, False])
+def test_pages_are_written_byte_for_byte_as_moto_writes_them(url_encoded, monkeypatch):
+    import boto3
+    from botocore.handlers import set_list_objects_encoding_type_url
+    from moto import mock_aws
+    from moto.s3.responses import S3Response
+
+    s3_listing.install()
+    written = []
+
+    def both(self, action_result):  # what the emulator sends, and what moto would have
+        ours = s3_listing_serialized(self, action_result)
+        if self.data.get("Action") == "ListObjectsV2":  # copies: moto adds to the headers of the one it sends
+            assert s3_listing.render_listing(action_result.result) is not None  # written by the emulator
+            moto_s = S3Response.moto_serialized(self, action_result)
+            written.append(((ours[0], dict(ours[1]), ours[2]), (moto_s[0], dict(moto_s[1]), moto_s[2])))
+        return ours
+
+    s3_listing_serialized = S3Response.serialized
+    monkeypatch.setattr(S3Response, "serialized", both)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        if not url_encoded:  # boto3 asks for url-encoded keys unless told otherwise
+            s3.meta.events.unregister(
+                "before-parameter-build.s3.ListObjectsV2", set_list_objects_encoding_type_url
+            )
+        s3.create_bucket(Bucket="listing-bytes")
+        for key in ODD_KEYS:
+            s3.put_object(Bucket="listing-bytes", Key=key, Body=b"body")
+        for kwargs in [{"Prefix": "a/"}, {"Prefix": "a/", "Delimiter": "/"}, {"MaxKeys": 2}, {"MaxKeys": 0},
+                       {"StartAfter": "a/p"}, {"Prefix": "none/"}, {"Prefix": "a/", "MaxKeys": 3, "Delimiter": "/"}]:  # fmt: skip
+            page = s3.list_objects_v2(Bucket="listing-bytes", **kwargs)
+            while page.get("NextContinuationToken"):
+                page = s3.list_objects_v2(
+                    Bucket="listing-bytes", ContinuationToken=page["NextContinuationToken"], **kwargs
+                )
+    assert len(written) >= 10
+    for (status, headers, body), moto_s in written:
+        assert (status, body) == (moto_s[0], moto_s[2])
+        assert {**headers, "date": ""} == {**moto_s[1], "date": ""}  # the clock may tick between the two
+    assert any(("&amp;" if not url_encoded else "%26") in body for _, _, body in (w[0] for w in written))
