@@ -8,8 +8,8 @@ key store bumps a counter), so the next page is a binary search and a slice. Ans
 cache miss, or anything unusual (an unknown continuation token, a table bucket), goes through moto's code.
 
 moto then spent most of a page's time writing it: its generic serializer walks the response model for every
-key and re-parses each LastModified string with dateutil (0.2 s a page of 1,000 keys). ``render_listing``
-writes the same bytes straight from the result (the tests compare them with moto's), 10x faster.
+key and re-parses each LastModified string with dateutil. ``render_listing`` writes the same bytes straight
+from the result (the tests compare them with moto's): a 1,000-key page, boto3's parse included, 0.23 s -> 0.10 s.
 """
 
 from __future__ import annotations

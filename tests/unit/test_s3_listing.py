@@ -79,16 +79,16 @@ def test_pages_are_written_byte_for_byte_as_moto_writes_them(url_encoded, monkey
 
     s3_listing.install()
     written = []
+    emulator_serialized = S3Response.serialized
 
     def both(self, action_result):  # what the emulator sends, and what moto would have
-        ours = s3_listing_serialized(self, action_result)
+        ours = emulator_serialized(self, action_result)
         if self.data.get("Action") == "ListObjectsV2":  # copies: moto adds to the headers of the one it sends
             assert s3_listing.render_listing(action_result.result) is not None  # written by the emulator
             moto_s = S3Response.moto_serialized(self, action_result)
             written.append(((ours[0], dict(ours[1]), ours[2]), (moto_s[0], dict(moto_s[1]), moto_s[2])))
         return ours
 
-    s3_listing_serialized = S3Response.serialized
     monkeypatch.setattr(S3Response, "serialized", both)
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
