@@ -84,12 +84,13 @@ def _install_rendering() -> None:
 _OUTPUT_ORDER = ("IsTruncated", "Contents", "Name", "Prefix", "Delimiter", "MaxKeys", "CommonPrefixes",
                  "EncodingType", "KeyCount", "ContinuationToken", "NextContinuationToken", "StartAfter")  # fmt: skip
 _OBJECT_ORDER = ("Key", "LastModified", "ETag", "ChecksumAlgorithm", "Size", "StorageClass")
+_OUTPUT_MEMBERS, _OBJECT_MEMBERS = frozenset(_OUTPUT_ORDER), frozenset(_OBJECT_ORDER)
 
 
 def render_listing(result: Any) -> str | None:
     """A ListObjectsV2 result as moto's serializer writes it, or None when it holds anything else (an owner,
     a member this does not know): moto then writes it."""
-    if not isinstance(result, dict) or not set(result) <= set(_OUTPUT_ORDER):
+    if not isinstance(result, dict) or not result.keys() <= _OUTPUT_MEMBERS:
         return None
     parts = [_ROOT]
     for name in _OUTPUT_ORDER:
@@ -98,7 +99,7 @@ def render_listing(result: Any) -> str | None:
             continue
         if name == "Contents":
             for obj in value:
-                if not set(obj) <= set(_OBJECT_ORDER):
+                if not obj.keys() <= _OBJECT_MEMBERS:
                     return None
                 parts.append("<Contents>")
                 parts += (_element(m, obj[m]) for m in _OBJECT_ORDER if obj.get(m) is not None)
